@@ -1,0 +1,52 @@
+"""``promptcam-export``: checkpoint -> model directory (ONNX + manifest [+ TensorRT engine])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from promptcam.models.cliutil import run_cli
+
+
+@click.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), required=True,
+              help="model.pt (project format) or an official Prompt-CAM checkpoint.")
+@click.option("--classes", type=click.Path(path_type=Path), help="Class names for an official checkpoint.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output model directory (default: <ckpt stem>_export next to the checkpoint).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Compare against eager PyTorch (fails on fp32 mismatch).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Images for static int8 calibration and validation.")
+@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
+@click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
+         validate: bool, calib: Path | None, engine: str, trt_batch: str, timing_cache: Path | None,
+         verbose: bool) -> None:
+    """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
+
+    def body() -> None:
+        from promptcam.models.errors import ExportError
+
+        from .passes import ExportOptions, export_model
+        from .tensorrt import BatchProfile
+
+        if batch != "dynamic" and not batch.isdigit():
+            raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+        options = ExportOptions(
+            ckpt=ckpt, out=out or ckpt.parent / f"{ckpt.stem}_export", classes=classes, precision=precision,
+            opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
+            engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
+            timing_cache=timing_cache,
+        )
+        export_model(options, log=click.echo)
+        click.echo(f"exported to {options.out}")
+
+    run_cli(body, verbose=verbose)

@@ -1,0 +1,205 @@
+"""The optimised Prompt-CAM ONNX graph (the ``build-graph`` pass).
+
+Blocks 0..L-2 run only the image tokens; the prompts enter as constant keys/values. The last
+block computes only the C prompt rows (cls/patch outputs are unused) with constant prompt queries
+and prompt-to-prompt scores. Cost is therefore a plain ViT plus C extra keys per block plus the
+C-row tail -- not the 2x of pushing C prompts through every layer.
+
+Graph interface:
+    pixels        uint8   [B, H, W, 3]  RGB, already resized to the model size
+    logits        float32 [B, C]
+    attention     float32 [B, C, heads, N]  last block, prompt c -> patches (not renormalised)
+    head_context  float32 [B, C, heads, hd]  per-head attention output of each prompt row
+    value_mean    float32 [B, heads, hd]     mean value over all C+1+N keys (= a blurred row's output)
+
+``head_context`` and ``value_mean`` let the runtime rank trait heads with the tiny
+``trait_head`` graph instead of re-running the backbone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .constants import BlockWeights, FoldedWeights
+from .onnx_builder import GraphBuilder
+
+SQRT_HALF = 1.0 / math.sqrt(2.0)
+OUTPUT_NAMES = ("logits", "attention", "head_context", "value_mean")
+
+
+def _layer_norm(g: GraphBuilder, x: str, w: np.ndarray, b: np.ndarray, eps: float) -> str:
+    """float32 LayerNormalization (opset 17), result in the compute dtype."""
+    y = g.op("LayerNormalization", [x, g.weight("ln_w", w, keep_fp32=True), g.weight("ln_b", b, keep_fp32=True)],
+             axis=-1, epsilon=eps)
+    return g.to_compute(y)
+
+
+def _linear(g: GraphBuilder, x: str, w: np.ndarray, b: np.ndarray) -> str:
+    return g.op("Add", [g.op("MatMul", [x, g.weight("w", w)]), g.weight("b", b)])
+
+
+def _gelu(g: GraphBuilder, x: str) -> str:
+    # exact (erf) GELU as in timm; ORT fuses this pattern into Gelu, TensorRT into its GELU plugin/kernel
+    half = g.weight("half", np.array(0.5))
+    one = g.weight("one", np.array(1.0))
+    erf = g.op("Erf", [g.op("Mul", [x, g.weight("sqrt_half", np.array(SQRT_HALF))])])
+    return g.op("Mul", [g.op("Mul", [x, half]), g.op("Add", [erf, one])])
+
+
+def _mlp_residual(g: GraphBuilder, x: str, blk: BlockWeights, eps: float) -> str:
+    with g.scope("mlp"):
+        h = _layer_norm(g, x, blk.norm2_w, blk.norm2_b, eps)
+        h = _linear(g, _gelu(g, _linear(g, h, blk.fc1_w, blk.fc1_b)), blk.fc2_w, blk.fc2_b)
+        return g.op("Add", [x, g.to_fp32(h)])
+
+
+def _split_heads(g: GraphBuilder, x: str, parts: int, heads: int, hd: int) -> list[str]:
+    """[B, T, parts*D] -> ``parts`` tensors [B, heads, T, hd]."""
+    x = g.op("Reshape", [x, g.ints("shape", [0, 0, parts, heads, hd])])
+    x = g.op("Transpose", [x], perm=[2, 0, 3, 1, 4])
+    if parts == 1:
+        return [g.op("Squeeze", [x, g.ints("axis", [0])])]
+    pieces = g.op("Split", [x], n_out=parts, axis=0)
+    return [g.op("Squeeze", [p, g.ints("axis", [0])]) for p in pieces]
+
+
+def _with_prompts(g: GraphBuilder, prompt: np.ndarray, tokens: str, bhcd_shape: str) -> str:
+    """Concat constant prompt keys/values [heads, C, hd] (broadcast over batch) before the image ones."""
+    const = g.weight("prompt_kv", prompt[None])
+    return g.op("Concat", [g.op("Expand", [const, bhcd_shape]), tokens], axis=2)
+
+
+def _image_block(g: GraphBuilder, x: str, blk: BlockWeights, cfg, bhcd_shape: str) -> str:
+    """One block for the image tokens; prompts only contribute constant keys and values."""
+    heads, hd = cfg.num_heads, cfg.head_dim
+    with g.scope("attn"):
+        h = _layer_norm(g, x, blk.norm1_w, blk.norm1_b, cfg.norm_eps)
+        q, k, v = _split_heads(g, _linear(g, h, blk.qkv_w, blk.qkv_b), 3, heads, hd)
+        keys = _with_prompts(g, blk.prompt_keys, k, bhcd_shape)
+        values = _with_prompts(g, blk.prompt_values, v, bhcd_shape)
+        scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])])
+        probs = g.to_compute(g.op("Softmax", [g.to_fp32(scores)], axis=-1))
+        ctx = g.op("Transpose", [g.op("MatMul", [probs, values])], perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, g.ints("shape", [0, 0, cfg.embed_dim])])
+        x = g.op("Add", [x, g.to_fp32(_linear(g, ctx, blk.proj_w, blk.proj_b))])
+    return _mlp_residual(g, x, blk, cfg.norm_eps)
+
+
+def prompt_tail(g: GraphBuilder, context: str, prompt_tokens: str, blk: BlockWeights, fw: FoldedWeights) -> str:
+    """Prompt rows after attention: proj + residual, MLP, final LayerNorm, shared head -> logits.
+
+    Args:
+        context: per-head attention output, [..., D] in the compute dtype.
+        prompt_tokens: float32 residual input of those prompt rows, [..., D].
+    """
+    cfg = fw.config
+    x = g.op("Add", [prompt_tokens, g.to_fp32(_linear(g, context, blk.proj_w, blk.proj_b))])
+    x = _mlp_residual(g, x, blk, cfg.norm_eps)
+    with g.scope("head"):
+        y = g.op("LayerNormalization", [x, g.weight("norm_w", fw.norm_w, keep_fp32=True),
+                                        g.weight("norm_b", fw.norm_b, keep_fp32=True)],
+                 axis=-1, epsilon=cfg.norm_eps)
+        # the head stays float32: logits decide top-1 and trait ranking
+        y = g.op("Add", [g.op("MatMul", [y, g.weight("head_w", fw.head_w, keep_fp32=True)]),
+                         g.weight("head_b", fw.head_b, keep_fp32=True)])
+        return g.op("Squeeze", [y, g.ints("axis", [-1])])
+
+
+def build_promptcam_graph(
+    fw: FoldedWeights,
+    *,
+    compute_dtype: np.dtype = np.dtype(np.float32),
+    opset: int = 17,
+    metadata: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Build the optimised graph from folded weights.
+
+    Args:
+        fw: Output of ``fold_prompt_constants``.
+        compute_dtype: float32, or float16 for GPUs (LayerNorm/softmax/residuals stay float32).
+        opset: ONNX opset (>= 17 for LayerNormalization).
+        metadata: ``metadata_props`` to store.
+
+    Returns:
+        The ONNX model.
+    """
+    cfg = fw.config
+    c, heads, hd, d, size = cfg.num_classes, cfg.num_heads, cfg.head_dim, cfg.embed_dim, cfg.img_size
+    g = GraphBuilder(compute_dtype, opset)
+
+    with g.scope("embed"):
+        pixels = g.op("Cast", ["pixels"], to=TensorProto.FLOAT)
+        pixels = g.to_compute(g.op("Transpose", [pixels], perm=[0, 3, 1, 2]))
+        # normalisation is folded into the convolution weights
+        patches = g.op("Conv", [pixels, g.weight("patch_w", fw.patch_w), g.weight("patch_b", fw.patch_b)],
+                       kernel_shape=[cfg.patch_size] * 2, strides=[cfg.patch_size] * 2)
+        patches = g.op("Transpose", [g.op("Reshape", [g.to_fp32(patches), g.ints("shape", [0, d, -1])])],
+                       perm=[0, 2, 1])
+        patches = g.op("Add", [patches, g.weight("patch_pos", fw.patch_pos, keep_fp32=True)])
+        batch = g.op("Shape", ["pixels"], start=0, end=1)
+        cls = g.op("Expand", [g.weight("cls_pos", fw.cls_pos, keep_fp32=True),
+                              g.op("Concat", [batch, g.ints("one_d", [1, d])], axis=0)])
+        x = g.op("Concat", [cls, patches], axis=1)  # [B, 1 + N, D], float32 residual stream
+        bhcd_shape = g.op("Concat", [batch, g.ints("hcd", [heads, c, hd])], axis=0)
+
+    for index, blk in enumerate(fw.blocks[:-1]):
+        with g.scope(f"block{index}"):
+            x = _image_block(g, x, blk, cfg, bhcd_shape)
+
+    blk = fw.blocks[-1]
+    with g.scope(f"block{cfg.depth - 1}"), g.scope("prompt_rows"):
+        h = _layer_norm(g, x, blk.norm1_w, blk.norm1_b, cfg.norm_eps)
+        # only keys and values of the image tokens: their queries would produce unused outputs
+        k, v = _split_heads(g, _linear(g, h, blk.qkv_w[:, d:], blk.qkv_b[d:]), 2, heads, hd)
+        values = _with_prompts(g, blk.prompt_values, v, bhcd_shape)  # [B, heads, C + T, hd]
+        image_scores = g.op("MatMul", [g.weight("prompt_q", fw.last_prompt_queries),
+                                       g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [B, heads, C, T]
+        prompt_scores = g.op("Expand", [g.weight("prompt_scores", fw.last_prompt_scores, keep_fp32=True),
+                                        g.op("Concat", [batch, g.ints("hcc", [heads, c, c])], axis=0)])
+        scores = g.op("Concat", [prompt_scores, g.to_fp32(image_scores)], axis=-1)
+        probs = g.op("Softmax", [scores], axis=-1)  # float32 [B, heads, C, C + 1 + N]
+        patch_probs = g.op("Slice", [probs, g.ints("start", [c + 1]), g.ints("end", [c + 1 + cfg.num_patches]),
+                                     g.ints("axis", [3])])
+        g.rename(g.op("Transpose", [patch_probs], perm=[0, 2, 1, 3]), "attention")
+        ctx = g.op("Transpose", [g.op("MatMul", [g.to_compute(probs), values])], perm=[0, 2, 1, 3])
+        g.rename(g.to_fp32(ctx), "head_context")  # [B, C, heads, hd]
+        g.rename(g.to_fp32(g.reduce_mean(values, 2)), "value_mean")
+        ctx = g.op("Reshape", [ctx, g.ints("shape", [0, c, d])])
+        tokens = g.weight("prompt_tokens", fw.last_prompt_tokens, keep_fp32=True)
+        g.rename(prompt_tail(g, ctx, tokens, blk, fw), "logits")
+
+    f32 = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", size, size, 3])]
+    outputs = [
+        helper.make_tensor_value_info("logits", f32, ["batch", c]),
+        helper.make_tensor_value_info("attention", f32, ["batch", c, heads, cfg.num_patches]),
+        helper.make_tensor_value_info("head_context", f32, ["batch", c, heads, hd]),
+        helper.make_tensor_value_info("value_mean", f32, ["batch", heads, hd]),
+    ]
+    return g.model("promptcam", inputs, outputs, metadata=metadata)
+
+
+def build_trait_head_graph(fw: FoldedWeights, *, opset: int = 17,
+                           metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The last block's prompt-row tail alone: (head_context, class_index) -> class logit.
+
+    Inputs: ``head_context`` float32 [M, heads, hd] (rows of the main graph's output, some heads
+    replaced by ``value_mean`` to blur them) and ``class_index`` int64 [M]. Output ``class_logit`` [M].
+    Always float32: it is tiny and decides the trait ranking.
+    """
+    cfg = fw.config
+    g = GraphBuilder(np.dtype(np.float32), opset)
+    with g.scope("trait_head"):
+        ctx = g.op("Reshape", ["head_context", g.ints("shape", [0, cfg.embed_dim])])
+        tokens = g.op("Gather", [g.weight("prompt_tokens", fw.last_prompt_tokens), "class_index"], axis=0)
+        g.rename(prompt_tail(g, ctx, tokens, fw.blocks[-1], fw), "class_logit")
+    inputs = [
+        helper.make_tensor_value_info("head_context", TensorProto.FLOAT, ["rows", cfg.num_heads, cfg.head_dim]),
+        helper.make_tensor_value_info("class_index", TensorProto.INT64, ["rows"]),
+    ]
+    outputs = [helper.make_tensor_value_info("class_logit", TensorProto.FLOAT, ["rows"])]
+    return g.model("promptcam_trait_head", inputs, outputs, metadata=metadata)

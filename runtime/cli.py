@@ -1,0 +1,62 @@
+"""``promptcam-run``: classify and explain image files with an exported model (no torch needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from promptcam.models.cliutil import run_cli
+
+from .backends import ENGINES
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="Model directory written by promptcam-export.")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True, help="Decoding threads.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("promptcam_results"),
+              show_default=True, help="Folder for results.json (MegaDetector 1.6), results.csv, results.jsonl.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Write heatmap overlays here.")
+@click.option("--class", "explain_class", default=None, help="Explain this class instead of the predicted one.")
+@click.option("--traits", type=int, default=0, show_default=True, help="Rank trait heads and keep K (0: off).")
+@click.option("--checkpoint-every", type=int, default=256, show_default=True, help="fsync the journal every N images.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--overwrite", is_flag=True, help="Start over even if --out holds a previous run.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int, workers: int, threads: int | None,
+         out_dir: Path, top_k: int, heatmaps: Path | None, explain_class: str | None, traits: int,
+         checkpoint_every: int, resume: bool, overwrite: bool, no_progress: bool, verbose: bool) -> None:
+    """Classify INPUTS (folders, list files, images) and write results and heatmaps."""
+
+    def body() -> None:
+        from promptcam.models.errors import PromptCamError
+
+        from .pipeline import RunOptions, run_files
+        from .predictor import Predictor
+
+        if not inputs:
+            raise PromptCamError("no inputs: give image folders, list files or images")
+        if batch_size < 1 or top_k < 1 or traits < 0:
+            raise PromptCamError("--batch-size and --top-k must be >= 1 and --traits >= 0")
+        predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
+        if explain_class is not None:
+            predictor.class_index(explain_class)  # unknown class: fail before any work
+        click.echo(f"engine {predictor.engine_description}; model {predictor.config.arch}, "
+                   f"{predictor.config.num_classes} classes, {predictor.manifest.precision}", err=True)
+        options = RunOptions(inputs=list(inputs), out_dir=out_dir, top_k=top_k, workers=workers, heatmaps=heatmaps,
+                             explain_class=explain_class, traits=traits, checkpoint_every=checkpoint_every,
+                             resume=resume, overwrite=overwrite, progress=not no_progress)
+        summary = run_files(predictor, options, log=lambda m: click.echo(m, err=True))
+        click.echo(f"{summary.ok} classified, {summary.failed} failed, {summary.skipped_non_images} non-image "
+                   f"file(s) skipped in {summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s)")
+        for kind, path in summary.outputs.items():
+            click.echo(f"  {kind}: {path}")
+
+    run_cli(body, verbose=verbose)

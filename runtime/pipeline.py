@@ -1,0 +1,220 @@
+"""Batch processing of image files: decode in worker threads while the backend runs, never crash
+on one bad image, checkpoint to a journal and resume exactly where a killed run stopped."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from promptcam.models.errors import ImageError, PromptCamError
+
+from .heatmap import contact_sheet, overlay, write_image
+from .images import iter_image_files, read_image, resize_for_model
+from .predictor import Prediction, Predictor
+from .results import ImageRecord, Journal, megadetector_json, write_csv, write_json
+
+JOURNAL_NAME, MEGADETECTOR_NAME, CSV_NAME = "results.jsonl", "results.json", "results.csv"
+
+
+@dataclass
+class RunOptions:
+    """Options of one ``promptcam-run`` over files."""
+
+    inputs: Sequence[Path]
+    out_dir: Path
+    top_k: int = 5
+    workers: int = 4
+    heatmaps: Path | None = None
+    explain_class: str | None = None
+    traits: int = 0
+    checkpoint_every: int = 256
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    prefetch_chunks: int = 2
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    resumed: int = 0
+    skipped_non_images: int = 0
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.ok + self.failed - self.resumed) / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Loaded:
+    file: str
+    path: Path
+    pixels: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    original: np.ndarray | None = None
+    failure: str | None = None
+
+
+def collect_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """(reported name, path) per image in input order, and the non-image files skipped."""
+    skipped: list[Path] = []
+    files: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    for source in inputs:
+        root = Path(source)
+        if not root.exists():
+            raise PromptCamError(f"{root}: input not found")
+        for path in iter_image_files([root], skipped):
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            name = path.relative_to(root).as_posix() if root.is_dir() else path.as_posix()
+            files.append((name, path))
+    return files, skipped
+
+
+def _load(file: str, path: Path, predictor: Predictor, keep_original: bool) -> _Loaded:
+    try:
+        rgb = read_image(path)
+        pixels = resize_for_model(rgb, predictor.config)
+    except ImageError as exc:
+        return _Loaded(file, path, failure=str(exc))
+    return _Loaded(file, path, pixels, (rgb.shape[0], rgb.shape[1]), rgb if keep_original else None)
+
+
+def heatmap_paths(heatmap_dir: Path, file: str) -> tuple[Path, Path]:
+    stem = Path(file.lstrip("/"))
+    return heatmap_dir / stem.with_suffix(".heatmap.jpg"), heatmap_dir / stem.with_suffix(".traits.jpg")
+
+
+def _record(item: _Loaded, prediction: Prediction, predictor: Predictor, options: RunOptions) -> ImageRecord:
+    explained = next(iter(prediction.attention))
+    record = ImageRecord(
+        file=item.file, path=str(item.path), height=item.size[0] if item.size else None,
+        width=item.size[1] if item.size else None,
+        top_k=[{"index": c.index, "name": c.name, "probability": round(c.probability, 6)} for c in prediction.top_k],
+        explained_class=predictor.class_names[explained],
+    )
+    ranking = prediction.traits.get(explained)
+    if ranking is not None:
+        record.trait_heads, record.trait_order = ranking.top_heads, ranking.order
+    if options.heatmaps is not None and item.original is not None:
+        heat_path, sheet_path = heatmap_paths(options.heatmaps, item.file)
+        write_image(heat_path, overlay(item.original, prediction.attention_mean(explained)))
+        record.heatmap = str(heat_path)
+        if ranking is not None:
+            write_image(sheet_path, contact_sheet(item.original, prediction.attention[explained], ranking.top_heads))
+            record.traits_image = str(sheet_path)
+    return record
+
+
+def _chunks(files: list[tuple[str, Path]], size: int, done: set[str]) -> Iterator[list[tuple[str, Path]]]:
+    # fixed chunk boundaries in input order: a resumed run sees the same batches, hence the same numbers
+    for start in range(0, len(files), size):
+        todo = [f for f in files[start:start + size] if str(f[1]) not in done]
+        if todo:
+            yield todo
+
+
+def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], None] = print) -> RunSummary:
+    """Classify (and explain) every image under ``options.inputs``; write journal, JSON and CSV."""
+    started = time.perf_counter()
+    files, skipped = collect_inputs(options.inputs)
+    summary = RunSummary(total=len(files), skipped_non_images=len(skipped))
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(options.out_dir / JOURNAL_NAME)
+    previous: list[ImageRecord] = []
+    if options.resume:
+        previous = journal.read()
+    elif journal.path.exists() and not options.overwrite:
+        raise PromptCamError(f"{journal.path} exists: pass --resume to continue that run or --overwrite to start over")
+    done = {r.path for r in previous}
+    summary.resumed = sum(1 for _, p in files if str(p) in done)
+    if skipped:
+        log(f"skipping {len(skipped)} non-image file(s)")
+    if summary.resumed:
+        log(f"resuming: {summary.resumed} of {len(files)} images already done")
+
+    keep_original = options.heatmaps is not None
+    classes = [options.explain_class] if options.explain_class else None
+    journal.open(truncate=not options.resume)
+    since_checkpoint = 0
+    progress = _progress(len(files), summary.resumed, options.progress)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+            pending: deque[list[Future[_Loaded]]] = deque()
+            chunks = _chunks(files, predictor.batch_size, done)
+
+            def submit_next() -> None:
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    pending.append([pool.submit(_load, name, path, predictor, keep_original) for name, path in chunk])
+
+            for _ in range(options.prefetch_chunks):
+                submit_next()
+            while pending:
+                loaded = [f.result() for f in pending.popleft()]
+                submit_next()
+                good = [item for item in loaded if item.failure is None]
+                predictions: dict[int, Prediction] = {}
+                if good:
+                    batch = predictor.predict_pixels(
+                        np.stack([item.pixels for item in good]), [item.size for item in good],
+                        top_k=options.top_k, classes=classes, traits=options.traits)
+                    predictions = {id(item): p for item, p in zip(good, batch, strict=True)}
+                records = []
+                for item in loaded:
+                    if item.failure is not None:
+                        records.append(ImageRecord(file=item.file, path=str(item.path), failure=item.failure))
+                        continue
+                    try:
+                        records.append(_record(item, predictions[id(item)], predictor, options))
+                    except ImageError as exc:
+                        records.append(ImageRecord(file=item.file, path=str(item.path), failure=str(exc)))
+                journal.append(records)
+                since_checkpoint += len(records)
+                if since_checkpoint >= options.checkpoint_every:
+                    journal.checkpoint()
+                    since_checkpoint = 0
+                progress.update(len(records))
+    finally:
+        journal.close()
+        progress.close()
+
+    by_path = {r.path: r for r in journal.read()}
+    records = [by_path[str(p)] for _, p in files if str(p) in by_path]
+    summary.ok = sum(r.ok for r in records)
+    summary.failed = len(records) - summary.ok
+    info = {"engine": predictor.engine_description, "model_dir": str(predictor.model_dir),
+            "precision": predictor.manifest.precision, "top_k": options.top_k, "traits": options.traits}
+    json_path, csv_path = options.out_dir / MEGADETECTOR_NAME, options.out_dir / CSV_NAME
+    write_json(json_path, megadetector_json(records, predictor.config, info))
+    write_csv(csv_path, records)
+    summary.outputs = {"megadetector": str(json_path), "csv": str(csv_path), "jsonl": str(journal.path)}
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _NoProgress:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, initial: int, enabled: bool):  # noqa: ANN202 - tqdm or a stand-in
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", dynamic_ncols=True, smoothing=0.1)

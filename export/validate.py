@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from promptcam.models.preprocess import normalize_pixels
 from promptcam.models.promptcam import PromptCAM
 
 # fp32 graphs must match eager this closely on logits; a wrong graph is never written silently
@@ -38,18 +39,10 @@ class OutputCheck:
                 f"mean_abs={self.mean_abs_diff:.3e} max_rel={self.max_rel_diff:.3e}{extra}")
 
 
-def torch_inputs(pixels: np.ndarray, model: PromptCAM) -> torch.Tensor:
-    """uint8 NHWC RGB -> normalised NCHW float, exactly as the exported graph does."""
-    cfg = model.config
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    mean = torch.tensor(cfg.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(cfg.std, dtype=torch.float32)[:, None, None]
-    return (x - mean) / std
-
-
 @torch.no_grad()
 def eager_outputs(model: PromptCAM, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    logits, attention = model.eval()(torch_inputs(pixels, model), return_attention=True)
+    """Eager logits and attention for a uint8 NHWC batch."""
+    logits, attention = model.eval()(normalize_pixels(pixels, model.config), return_attention=True)
     return logits.numpy(), attention.numpy()
 
 

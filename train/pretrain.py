@@ -1,0 +1,62 @@
+"""Stand-in for DINO pretraining on the synthetic world: a small ViT trained supervised, then frozen.
+
+Prompts on a frozen *random* backbone do not learn; real users start from DINO/DINOv2 weights,
+the offline demo and tests start from this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.data import DataLoader
+
+from promptcam.models.registry import make_config
+
+from .data import ImageFolderData, find_classes, list_samples
+from .loop import seed_everything
+
+
+def pretrain_backbone(
+    data: Path,
+    out: Path,
+    *,
+    arch: str = "vit_micro_patch8",
+    epochs: int = 6,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    log=print,  # noqa: ANN001
+) -> Path:
+    """Train a timm ViT classifier on ``data/train`` and save its backbone state dict (no head)."""
+    seed_everything(seed)
+    train_dir = Path(data) / "train"
+    folders = [f for f, _ in find_classes(train_dir)]
+    config = make_config(arch, len(folders))
+    model = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim,
+                              depth=config.depth, num_heads=config.num_heads, num_classes=len(folders),
+                              init_values=1e-5 if config.layerscale else None)
+    # no augmentation: the synthetic world already varies position, size and facing
+    loader = DataLoader(ImageFolderData(list_samples(train_dir, folders), config, train=False),
+                        batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
+    for epoch in range(epochs):
+        model.train()
+        correct = total = 0
+        for images, labels in loader:
+            logits = model(images)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(labels)
+        log(f"pretrain epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, train acc {correct / total:.1%}")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    return out

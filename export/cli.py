@@ -22,13 +22,16 @@ from promptcam.models.cliutil import run_cli
               help="Compare against eager PyTorch (fails on fp32 mismatch).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Images for static int8 calibration and validation.")
+@click.option("--int8-mode", type=click.Choice(["dynamic", "static"]), default=None,
+              help="int8 quantisation (default: static with --calib, else dynamic; --calib images still validate).")
 @click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
               help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
 @click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
-         validate: bool, calib: Path | None, engine: str, trt_batch: str, timing_cache: Path | None,
+         validate: bool, calib: Path | None, int8_mode: str | None, engine: str, trt_batch: str,
+         timing_cache: Path | None,
          verbose: bool) -> None:
     """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
 
@@ -43,6 +46,7 @@ def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, ops
         options = ExportOptions(
             ckpt=ckpt, out=out or ckpt.parent / f"{ckpt.stem}_export", classes=classes, precision=precision,
             opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
+            int8_mode=int8_mode,
             engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
             timing_cache=timing_cache,
         )

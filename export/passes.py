@@ -51,6 +51,7 @@ class ExportOptions:
     validation_batch: int = 4
     calib: Path | None = None
     calib_limit: int = 64
+    int8_mode: str | None = None  # "dynamic" | "static"; default: static when --calib is given
     engine: str | None = None  # None or "trt"
     trt_batch: BatchProfile = field(default_factory=BatchProfile)
     timing_cache: Path | None = None
@@ -64,7 +65,13 @@ class ExportOptions:
             raise ExportError(f"batch must be >= 1, got {self.batch}")
         if self.engine not in (None, "trt"):
             raise ExportError(f"engine must be 'trt' or omitted, got {self.engine!r}")
-        if self.engine == "trt" and self.precision == "int8" and self.calib is None:
+        if self.int8_mode is None:
+            self.int8_mode = "static" if self.calib is not None else "dynamic"
+        if self.int8_mode not in ("dynamic", "static"):
+            raise ExportError(f"int8 mode must be 'dynamic' or 'static', got {self.int8_mode!r}")
+        if self.int8_mode == "static" and self.calib is None:
+            raise ExportError("static int8 quantisation needs --calib DIR")
+        if self.engine == "trt" and self.precision == "int8" and self.int8_mode != "static":
             raise ExportError("a TensorRT int8 engine needs --calib DIR (static QDQ quantisation)")
 
 
@@ -166,8 +173,9 @@ class QuantizeInt8(ExportPass):
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save(graph, str(src))
+            static = ctx.options.int8_mode == "static"
             ctx.int8_mode = quantize_int8(src, dst, depth=ctx.require("model").config.depth,
-                                          calibration=ctx.calibration or None)
+                                          calibration=ctx.calibration if static else None)
             ctx.graph = onnx.load(str(dst))
         return f"{ctx.int8_mode} int8, last block fp32: {_size(ctx.graph)}"
 
@@ -208,7 +216,8 @@ class WriteModelDir(ExportPass):
         ctx.manifest = Manifest(
             config=cfg, precision=opts.precision,
             files={"model": MODEL_FILE, "trait_head": TRAIT_HEAD_FILE},
-            inputs={"pixels": {"dtype": "uint8", "shape": [batch, cfg.img_size, cfg.img_size, 3], "layout": "NHWC RGB"}},
+            inputs={"pixels": {"dtype": "uint8", "shape": [batch, cfg.img_size, cfg.img_size, 3],
+                               "layout": "NHWC RGB"}},
             outputs={
                 "logits": {"dtype": "float32", "shape": [batch, cfg.num_classes]},
                 "attention": {"dtype": "float32", "shape": [batch, cfg.num_classes, cfg.num_heads, cfg.num_patches]},

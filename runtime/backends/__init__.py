@@ -12,6 +12,7 @@ from promptcam.runtime.manifest import Manifest
 
 from .base import OUTPUTS, Backend
 
+
 def has_nvidia_driver() -> bool:
     """Whether the NVIDIA driver library loads (no driver: skip GPU engines without ORT's error spew)."""
     try:
@@ -53,6 +54,10 @@ def create_backend(
                 reasons.append(f"{candidate}: {exc}")
         raise BackendUnavailableError("no engine could start:\n  " + "\n  ".join(reasons))
     if engine == "trt":
+        if "engine" not in manifest.files:
+            raise BackendUnavailableError(
+                f"{model_dir}: no TensorRT engine in this model directory; build one on the GPU machine "
+                "with promptcam-export --engine trt")
         from .tensorrt import TensorRTBackend
 
         return TensorRTBackend(manifest.file(model_dir, "engine"), manifest.engine, device_id=device_id)

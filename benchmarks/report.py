@@ -1,0 +1,66 @@
+"""Benchmark reports: JSON, a markdown table, and a latency-vs-batch plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"# promptcam-bench: {result['model']}", "",
+             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, GPU: "
+             f"{result['machine']['gpu'] or 'none'}; torch {result['machine']['torch']}, onnxruntime "
+             f"{result['machine']['onnxruntime']}; {result['threads']} threads. All rows measured side by side in "
+             "one run.", "",
+             "| backend | batch | p50 ms | p90 ms | p99 ms | img/s | peak RSS MiB | vs eager-official | vs plain-vit "
+             "| max abs diff | top-1 agree |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def fmt(row: dict[str, Any], key: str, spec: str) -> str:
+        value = row.get(key)
+        return "–" if value is None else format(value, spec)
+
+    for row in result["rows"]:
+        lines.append(f"| {row['backend']} | {row['batch']} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} | "
+                     f"{row['p99_ms']:.1f} | {row['images_per_second']:.1f} | {row['peak_rss_mib']:.0f} | "
+                     f"{fmt(row, 'speedup_vs_eager_official', '.2f')}× | {fmt(row, 'cost_vs_plain_vit', '.2f')}× | "
+                     f"{fmt(row, 'max_abs_diff', '.1e')} | {fmt(row, 'top1_agreement', '.0%')} |")
+    if result["skipped"]:
+        lines += ["", "Skipped:"] + [f"- {name}: {reason}" for name, reason in result["skipped"].items()]
+    for key, title in (("end_to_end", "End to end (promptcam-run on a folder)"), ("traits", "Trait ranking")):
+        if result.get(key):
+            lines += ["", f"{title}:"] + [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}"
+                                          for k, v in result[key].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for backend in dict.fromkeys(r["backend"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["backend"] == backend]
+        ax.plot([r["batch"] for r in rows], [r["p50_ms"] / r["batch"] for r in rows], marker="o", label=backend)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p50 latency per image (ms)")
+    ax.set_title(result["model"])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_reports(result: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "bench.png"}
+    paths["json"].write_text(json.dumps(result, indent=1))
+    paths["markdown"].write_text(markdown(result))
+    plot(result, paths["plot"])
+    return paths

@@ -1,0 +1,121 @@
+"""Training on the synthetic world: targets on held-out images, resume, DDP on gloo, eval CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_cli
+from promptcam.models.checkpoint import load_model
+from promptcam.train.loop import TrainOptions, train_promptcam
+from promptcam.train.schedule import lr_at
+from promptcam.train.synthetic import WorldSpec, generate_world
+
+
+def test_trained_world_meets_targets(trained_world) -> None:
+    """>= 90% held-out accuracy and >= 80% true-class attention peaks on a trait, exported model."""
+    summary = trained_world["summary"]
+    assert summary["held_out_images"] == 800
+    assert summary["accuracy"] >= 0.90, summary
+    assert summary["attention_peak_on_trait"] >= 0.80, summary
+    out = trained_world["out"]
+    assert (out / "summary.md").is_file() and (out / "gallery.jpg").is_file()
+    assert len(list((out / "heatmaps").rglob("*.heatmap.jpg"))) == 800
+
+
+def test_checkpoint_is_frozen_backbone_plus_prompts(trained_world) -> None:
+    model = load_model(trained_world["ckpt"])
+    backbone = torch.load(trained_world["ckpt"].parent.parent / "backbone.pt", weights_only=True)
+    state = model.state_dict()
+    for key, value in backbone.items():
+        assert torch.equal(state[key], value), f"backbone weight {key} changed during prompt training"
+    assert model.config.class_names[0] == "red-head magenta-tail"
+
+
+def test_int8_agreement_on_trained_model(trained_world, tmp_path) -> None:
+    from promptcam.export.passes import ExportOptions, export_model
+
+    calib = trained_world["world"] / "val"
+    ctx = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "int8", precision="int8",
+                                     calib=calib, calib_limit=48), log=lambda _: None)
+    assert ctx.int8_mode == "static"
+    assert ctx.validation["top1_agreement"] >= 0.99
+    assert ctx.validation["attention_min_correlation"] > 0.95
+    dynamic = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "dyn", precision="int8",
+                                         calib=calib, calib_limit=48, int8_mode="dynamic"), log=lambda _: None)
+    assert dynamic.int8_mode == "dynamic"
+    assert dynamic.validation["top1_agreement"] >= 0.99
+
+
+def test_lr_schedule() -> None:
+    kw = dict(total_steps=100, warmup_steps=20, base_lr=0.01, warmup_lr=0.0, min_lr=0.0)
+    assert lr_at(0, **kw) == 0.0 and lr_at(10, **kw) == pytest.approx(0.005)
+    assert lr_at(20, **kw) == pytest.approx(0.01) and lr_at(100, **kw) == pytest.approx(0.0)
+    assert lr_at(60, **kw) == pytest.approx(0.005)
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("small_world"),
+                          WorldSpec(head_colours=2, tail_colours=2, train_per_class=16, val_per_class=4))
+
+
+def _options(world: Path, out: Path, **kw) -> TrainOptions:
+    base = dict(data=world, out=out, backbone="vit_micro_patch8", epochs=2, warmup_epochs=1, lr=0.05,
+                batch_size=16, workers=0, progress=False, seed=0)
+    return TrainOptions(**(base | kw))
+
+
+def test_resume_continues_where_it_stopped(small_world, tmp_path) -> None:
+    straight = train_promptcam(_options(small_world, tmp_path / "straight", epochs=3), log=lambda *_: None)
+    train_promptcam(_options(small_world, tmp_path / "resumed", epochs=2), log=lambda *_: None)
+    resumed = train_promptcam(_options(small_world, tmp_path / "resumed", epochs=3, resume=True),
+                              log=lambda *_: None)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    metrics = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert (tmp_path / "resumed" / "best.pt").is_file()
+    # with workers=0 and a seeded run, epoch 3 after a resume sees the same lr as a straight run
+    assert resumed.history[-1]["lr"] == pytest.approx(straight.history[-1]["lr"])
+
+
+def test_cli_val_split_and_eval(small_world, tmp_path) -> None:
+    result = run_cli("promptcam-train", "--data", small_world / "train", "--val-split", "0.25", "--out",
+                     tmp_path / "run", "--backbone", "vit_micro_patch8", "--epochs", "1", "--warmup-epochs", "0",
+                     "--workers", "0", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "epoch" in result.stdout and "best val accuracy" in result.stdout
+    result = run_cli("promptcam-eval", "--ckpt", tmp_path / "run" / "best.pt", "--data", small_world,
+                     "--out", tmp_path / "eval", "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 16 and set(metrics["per_class_accuracy"]) == {
+        "red-head magenta-tail", "red-head cyan-tail", "green-head magenta-tail", "green-head cyan-tail"}
+    assert (tmp_path / "eval" / "confusion.csv").read_text().count("\n") == 5
+
+
+def test_cli_errors(tmp_path) -> None:
+    result = run_cli("promptcam-train", "--data", tmp_path / "none", "--out", tmp_path / "run")
+    assert result.returncode == 1 and "data folder not found" in result.stderr
+    (tmp_path / "flat" / "a").mkdir(parents=True)
+    result = run_cli("promptcam-train", "--data", tmp_path / "flat", "--out", tmp_path / "run")
+    assert result.returncode == 1 and "no images found" in result.stderr
+
+
+def test_ddp_two_cpu_processes_on_gloo(small_world, tmp_path) -> None:
+    exe = Path(sys.executable).parent / "promptcam-train"
+    result = __import__("subprocess").run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(exe),
+         "--data", small_world, "--out", tmp_path / "ddp", "--backbone", "vit_micro_patch8", "--epochs", "1",
+         "--warmup-epochs", "0", "--workers", "0", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DDP x2" in result.stdout
+    metrics = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+    assert len(metrics) == 1  # only rank 0 writes
+    assert load_model(tmp_path / "ddp" / "best.pt").num_classes == 4

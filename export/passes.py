@@ -339,6 +339,10 @@ def validation_batches(ctx: ExportContext) -> list[np.ndarray]:
     opts, cfg = ctx.options, ctx.require("model").config
     sizes = [opts.batch] if opts.batch else [1, opts.validation_batch]
     if ctx.calibration:
+        # batch 1, then every calibration image: agreement is measured on real images, not five
         pool = np.concatenate(ctx.calibration)
-        return [pool[np.arange(n) % len(pool)] for n in sizes]
+        if opts.batch:
+            whole = [pool[i:i + opts.batch] for i in range(0, len(pool) - opts.batch + 1, opts.batch)]
+            return whole or [pool[np.arange(opts.batch) % len(pool)]]
+        return [pool[:1], *ctx.calibration]
     return [synthetic_pixels(n, cfg.img_size, seed=n) for n in sizes]

@@ -94,6 +94,13 @@ def summarize(checks: list[OutputCheck]) -> dict[str, object]:
         summary[f"{name}_max_abs_diff"] = max(c.max_abs_diff for c in rows)
     agreements = [c.top1_agreement for c in checks if c.top1_agreement is not None]
     correlations = [c.min_correlation for c in checks if c.min_correlation is not None]
-    summary["top1_agreement"] = min(agreements) if agreements else None
+    attention = [c for c in checks if c.mean_correlation is not None]
+    images = sum(c.batch for c in checks if c.output == "logits")
+    summary["images"] = images
+    # agreement over all validation images (weighted by batch), not the worst batch
+    summary["top1_agreement"] = (sum(c.top1_agreement * c.batch for c in checks if c.top1_agreement is not None)
+                                 / images) if agreements else None
     summary["attention_min_correlation"] = min(correlations) if correlations else None
+    summary["attention_mean_correlation"] = (sum(c.mean_correlation * c.batch for c in attention)
+                                             / sum(c.batch for c in attention)) if attention else None
     return summary

@@ -29,11 +29,23 @@ from .backends import ENGINES
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--overwrite", is_flag=True, help="Start over even if --out holds a previous run.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--source", default=None,
+              help="Camera stream instead of files: rtsp://..., /dev/video0, 0 (USB index) or a video file.")
+@click.option("--every", default="5s", show_default=True, help="Stream sampling: every N seconds (5s) or frames (10f).")
+@click.option("--on-motion", is_flag=True, help="Stream: only classify frames with motion (frame difference).")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="Stream: SQLite results (default OUT/results.sqlite).")
+@click.option("--max-frames", type=int, default=None, help="Stream: stop after N classified frames.")
+@click.option("--duration", type=float, default=None, help="Stream: stop after N seconds.")
+@click.option("--stall-timeout", type=float, default=15.0, show_default=True,
+              help="Stream: restart the capture after this many seconds without a frame.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int, workers: int, threads: int | None,
          out_dir: Path, top_k: int, heatmaps: Path | None, explain_class: str | None, traits: int,
-         checkpoint_every: int, resume: bool, overwrite: bool, no_progress: bool, verbose: bool) -> None:
-    """Classify INPUTS (folders, list files, images) and write results and heatmaps."""
+         checkpoint_every: int, resume: bool, overwrite: bool, no_progress: bool, source: str | None, every: str,
+         on_motion: bool, db: Path | None, max_frames: int | None, duration: float | None, stall_timeout: float,
+         verbose: bool) -> None:
+    """Classify INPUTS (folders, list files, images) or a camera --source; write results and heatmaps."""
 
     def body() -> None:
         from promptcam.models.errors import PromptCamError
@@ -41,8 +53,10 @@ def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int
         from .pipeline import RunOptions, run_files
         from .predictor import Predictor
 
-        if not inputs:
-            raise PromptCamError("no inputs: give image folders, list files or images")
+        if source is not None and inputs:
+            raise PromptCamError("give either --source or file inputs, not both")
+        if source is None and not inputs:
+            raise PromptCamError("no inputs: give image folders, list files or images (or --source)")
         if batch_size < 1 or top_k < 1 or traits < 0:
             raise PromptCamError("--batch-size and --top-k must be >= 1 and --traits >= 0")
         predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
@@ -50,6 +64,16 @@ def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int
             predictor.class_index(explain_class)  # unknown class: fail before any work
         click.echo(f"engine {predictor.engine_description}; model {predictor.config.arch}, "
                    f"{predictor.config.num_classes} classes, {predictor.manifest.precision}", err=True)
+        if source is not None:
+            from .stream import StreamOptions, run_stream
+
+            stats = run_stream(predictor, StreamOptions(
+                source=source, db=db or out_dir / "results.sqlite", frames_dir=out_dir / "frames", every=every,
+                on_motion=on_motion, top_k=top_k, traits=traits, heatmaps=heatmaps, max_frames=max_frames,
+                duration=duration, stall_timeout=stall_timeout), log=lambda m: click.echo(m, err=True))
+            click.echo(f"{stats['frames_classified']} frames classified of {stats['frames_seen']} read; "
+                       f"results in {db or out_dir / 'results.sqlite'}")
+            return
         options = RunOptions(inputs=list(inputs), out_dir=out_dir, top_k=top_k, workers=workers, heatmaps=heatmaps,
                              explain_class=explain_class, traits=traits, checkpoint_every=checkpoint_every,
                              resume=resume, overwrite=overwrite, progress=not no_progress)

@@ -31,6 +31,11 @@ def read_image(path: str | Path) -> np.ndarray:
     Raises:
         ImageError: zero-byte, too large, unreadable or undecodable files.
     """
+    return decode_image(read_file_bytes(path), str(path))
+
+
+def read_file_bytes(path: str | Path) -> np.ndarray:
+    """The raw bytes of an image file as uint8, after the size checks (zero-byte, too large)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -41,10 +46,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if size > MAX_FILE_BYTES:
         raise ImageError(f"{path}: file is {size / 2**20:.0f} MiB, above the {MAX_FILE_BYTES / 2**20:.0f} MiB limit")
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        return np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc})") from exc
-    return decode_image(data, str(path))
 
 
 def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,24 +99,36 @@ def heatmap_paths(heatmap_dir: Path, file: str) -> tuple[Path, Path]:
     return heatmap_dir / stem.with_suffix(".heatmap.jpg"), heatmap_dir / stem.with_suffix(".traits.jpg")
 
 
-def _record(item: _Loaded, prediction: Prediction, predictor: Predictor, options: RunOptions) -> ImageRecord:
+def explain_fields(prediction: Prediction, predictor: Predictor) -> dict[str, Any]:
+    """What every result row says about a prediction: top-k, explained class, trait heads."""
     explained = next(iter(prediction.attention))
-    record = ImageRecord(
-        file=item.file, path=str(item.path), height=item.size[0] if item.size else None,
-        width=item.size[1] if item.size else None,
-        top_k=[{"index": c.index, "name": c.name, "probability": round(c.probability, 6)} for c in prediction.top_k],
-        explained_class=predictor.class_names[explained],
-    )
     ranking = prediction.traits.get(explained)
-    if ranking is not None:
-        record.trait_heads, record.trait_order = ranking.top_heads, ranking.order
+    return {
+        "top_k": [{"index": c.index, "name": c.name, "probability": round(c.probability, 6)} for c in prediction.top_k],
+        "explained_class": predictor.class_names[explained],
+        "trait_heads": ranking.top_heads if ranking is not None else None,
+        "trait_order": ranking.order if ranking is not None else None,
+    }
+
+
+def write_heatmaps(original: np.ndarray, prediction: Prediction, heat_path: Path,
+                   sheet_path: Path) -> tuple[str, str | None]:
+    """Heatmap of the explained class and, when ranked, the trait-head contact sheet."""
+    explained = next(iter(prediction.attention))
+    write_image(heat_path, overlay(original, prediction.attention_mean(explained)))
+    ranking = prediction.traits.get(explained)
+    if ranking is None:
+        return str(heat_path), None
+    write_image(sheet_path, contact_sheet(original, prediction.attention[explained], ranking.top_heads))
+    return str(heat_path), str(sheet_path)
+
+
+def _record(item: _Loaded, prediction: Prediction, predictor: Predictor, options: RunOptions) -> ImageRecord:
+    record = ImageRecord(file=item.file, path=str(item.path), height=item.size[0] if item.size else None,
+                         width=item.size[1] if item.size else None, **explain_fields(prediction, predictor))
     if options.heatmaps is not None and item.original is not None:
-        heat_path, sheet_path = heatmap_paths(options.heatmaps, item.file)
-        write_image(heat_path, overlay(item.original, prediction.attention_mean(explained)))
-        record.heatmap = str(heat_path)
-        if ranking is not None:
-            write_image(sheet_path, contact_sheet(item.original, prediction.attention[explained], ranking.top_heads))
-            record.traits_image = str(sheet_path)
+        record.heatmap, record.traits_image = write_heatmaps(item.original, prediction,
+                                                             *heatmap_paths(options.heatmaps, item.file))
     return record
 
 

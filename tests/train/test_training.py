@@ -44,8 +44,10 @@ def test_int8_agreement_on_trained_model(trained_world, tmp_path) -> None:
     ctx = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "int8", precision="int8",
                                      calib=calib, calib_limit=48), log=lambda _: None)
     assert ctx.int8_mode == "static"
+    assert ctx.validation["images"] == 49  # batch 1 + all 48 calibration images
     assert ctx.validation["top1_agreement"] >= 0.99
-    assert ctx.validation["attention_min_correlation"] > 0.95
+    assert ctx.validation["attention_mean_correlation"] > 0.99
+    assert ctx.validation["attention_min_correlation"] > 0.85
     dynamic = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "dyn", precision="int8",
                                          calib=calib, calib_limit=48, int8_mode="dynamic"), log=lambda _: None)
     assert dynamic.int8_mode == "dynamic"

@@ -27,12 +27,15 @@ from promptcam.models.cliutil import run_cli
 @click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
               help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
 @click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository here.")
+@click.option("--triton-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Triton instance group kind for the ONNX model.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
          validate: bool, calib: Path | None, int8_mode: str | None, engine: str, trt_batch: str,
-         timing_cache: Path | None,
-         verbose: bool) -> None:
+         triton_repo: Path | None, triton_kind: str, timing_cache: Path | None, verbose: bool) -> None:
     """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
 
     def body() -> None:
@@ -48,7 +51,7 @@ def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, ops
             opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
             int8_mode=int8_mode,
             engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
-            timing_cache=timing_cache,
+            timing_cache=timing_cache, triton_repo=triton_repo, triton_kind=f"KIND_{triton_kind.upper()}",
         )
         export_model(options, log=click.echo)
         click.echo(f"exported to {options.out}")

@@ -55,6 +55,8 @@ class ExportOptions:
     engine: str | None = None  # None or "trt"
     trt_batch: BatchProfile = field(default_factory=BatchProfile)
     timing_cache: Path | None = None
+    triton_repo: Path | None = None
+    triton_kind: str = "KIND_GPU"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -250,6 +252,18 @@ class BuildTensorRTEngine(ExportPass):
         return f"{opts.out}/{ENGINE_FILE}: TensorRT {info['tensorrt_version']} on {info['gpu_name']}"
 
 
+class WriteTritonRepo(ExportPass):
+    name = "write-triton-repo"
+
+    def run(self, ctx: ExportContext) -> str:
+        from .triton import TritonOptions, write_triton_repo
+
+        opts = ctx.options
+        repo = write_triton_repo(opts.out, ctx.require("manifest"), opts.triton_repo,
+                                 TritonOptions(max_batch_size=opts.trt_batch.max, kind=opts.triton_kind))
+        return f"{repo}: " + ", ".join(sorted(p.name for p in repo.iterdir() if p.is_dir()))
+
+
 def default_passes(options: ExportOptions) -> list[ExportPass]:
     passes: list[ExportPass] = [LoadCheckpoint(), FoldPromptConstants(), BuildGraph()]
     if options.precision == "int8":
@@ -259,6 +273,8 @@ def default_passes(options: ExportOptions) -> list[ExportPass]:
     passes.append(WriteModelDir())
     if options.engine == "trt":
         passes.append(BuildTensorRTEngine())
+    if options.triton_repo is not None:
+        passes.append(WriteTritonRepo())
     return passes
 
 

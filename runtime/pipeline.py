@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from promptcam.models.config import ModelConfig
 from promptcam.models.errors import ImageError, PromptCamError
 
 from .heatmap import contact_sheet, overlay, write_image
@@ -57,7 +58,7 @@ class RunSummary:
 
 
 @dataclass
-class _Loaded:
+class LoadedImage:
     file: str
     path: Path
     pixels: np.ndarray | None = None
@@ -85,13 +86,14 @@ def collect_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list
     return files, skipped
 
 
-def _load(file: str, path: Path, predictor: Predictor, keep_original: bool) -> _Loaded:
+def load_item(file: str, path: Path, config: ModelConfig, keep_original: bool) -> LoadedImage:
+    """Decode and resize one file (in a worker thread); a bad file becomes a failure, not an exception."""
     try:
         rgb = read_image(path)
-        pixels = resize_for_model(rgb, predictor.config)
+        pixels = resize_for_model(rgb, config)
     except ImageError as exc:
-        return _Loaded(file, path, failure=str(exc))
-    return _Loaded(file, path, pixels, (rgb.shape[0], rgb.shape[1]), rgb if keep_original else None)
+        return LoadedImage(file, path, failure=str(exc))
+    return LoadedImage(file, path, pixels, (rgb.shape[0], rgb.shape[1]), rgb if keep_original else None)
 
 
 def heatmap_paths(heatmap_dir: Path, file: str) -> tuple[Path, Path]:
@@ -123,7 +125,7 @@ def write_heatmaps(original: np.ndarray, prediction: Prediction, heat_path: Path
     return str(heat_path), str(sheet_path)
 
 
-def _record(item: _Loaded, prediction: Prediction, predictor: Predictor, options: RunOptions) -> ImageRecord:
+def _record(item: LoadedImage, prediction: Prediction, predictor: Predictor, options: RunOptions) -> ImageRecord:
     record = ImageRecord(file=item.file, path=str(item.path), height=item.size[0] if item.size else None,
                          width=item.size[1] if item.size else None, **explain_fields(prediction, predictor))
     if options.heatmaps is not None and item.original is not None:
@@ -132,7 +134,30 @@ def _record(item: _Loaded, prediction: Prediction, predictor: Predictor, options
     return record
 
 
-def _chunks(files: list[tuple[str, Path]], size: int, done: set[str]) -> Iterator[list[tuple[str, Path]]]:
+def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: RunOptions) -> list[ImageRecord]:
+    """One inference batch: the decoded images of a chunk in, one record per file out (failures kept)."""
+    good = [item for item in loaded if item.failure is None]
+    predictions: dict[int, Prediction] = {}
+    if good:
+        classes = [options.explain_class] if options.explain_class else None
+        batch = predictor.predict_pixels(np.stack([item.pixels for item in good]), [item.size for item in good],
+                                         top_k=options.top_k, classes=classes, traits=options.traits)
+        predictions = {id(item): p for item, p in zip(good, batch, strict=True)}
+    records = []
+    for item in loaded:
+        if item.failure is not None:
+            records.append(ImageRecord(file=item.file, path=str(item.path), failure=item.failure))
+            continue
+        try:
+            records.append(_record(item, predictions[id(item)], predictor, options))
+        except ImageError as exc:
+            records.append(ImageRecord(file=item.file, path=str(item.path), failure=str(exc)))
+    return records
+
+
+def chunk_files(
+    files: list[tuple[str, Path]], size: int, done: set[str]
+) -> Iterator[list[tuple[str, Path]]]:
     # fixed chunk boundaries in input order: a resumed run sees the same batches, hence the same numbers
     for start in range(0, len(files), size):
         todo = [f for f in files[start:start + size] if str(f[1]) not in done]
@@ -160,41 +185,26 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         log(f"resuming: {summary.resumed} of {len(files)} images already done")
 
     keep_original = options.heatmaps is not None
-    classes = [options.explain_class] if options.explain_class else None
     journal.open(truncate=not options.resume)
     since_checkpoint = 0
     progress = _progress(len(files), summary.resumed, options.progress)
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-            pending: deque[list[Future[_Loaded]]] = deque()
-            chunks = _chunks(files, predictor.batch_size, done)
+            pending: deque[list[Future[LoadedImage]]] = deque()
+            chunks = chunk_files(files, predictor.batch_size, done)
 
             def submit_next() -> None:
                 chunk = next(chunks, None)
                 if chunk is not None:
-                    pending.append([pool.submit(_load, name, path, predictor, keep_original) for name, path in chunk])
+                    pending.append([pool.submit(load_item, name, path, predictor.config, keep_original)
+                                    for name, path in chunk])
 
             for _ in range(options.prefetch_chunks):
                 submit_next()
             while pending:
                 loaded = [f.result() for f in pending.popleft()]
                 submit_next()
-                good = [item for item in loaded if item.failure is None]
-                predictions: dict[int, Prediction] = {}
-                if good:
-                    batch = predictor.predict_pixels(
-                        np.stack([item.pixels for item in good]), [item.size for item in good],
-                        top_k=options.top_k, classes=classes, traits=options.traits)
-                    predictions = {id(item): p for item, p in zip(good, batch, strict=True)}
-                records = []
-                for item in loaded:
-                    if item.failure is not None:
-                        records.append(ImageRecord(file=item.file, path=str(item.path), failure=item.failure))
-                        continue
-                    try:
-                        records.append(_record(item, predictions[id(item)], predictor, options))
-                    except ImageError as exc:
-                        records.append(ImageRecord(file=item.file, path=str(item.path), failure=str(exc)))
+                records = classify_chunk(predictor, loaded, options)
                 journal.append(records)
                 since_checkpoint += len(records)
                 if since_checkpoint >= options.checkpoint_every:

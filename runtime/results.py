@@ -158,3 +158,20 @@ def write_csv(path: Path, records: list[ImageRecord]) -> None:
                 " ".join(map(str, r.trait_heads or [])), r.failure or "",
             ])
     tmp.replace(path)
+
+
+def write_parquet(path: Path, records: list[ImageRecord]) -> Path:
+    """Results as a Parquet table (one row per image; needs pyarrow, which Ray Data brings)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        from promptcam.models.errors import PromptCamError
+
+        raise PromptCamError(f"Parquet output needs pyarrow ({exc})") from exc
+    rows = [asdict(r) | {"top_k": json.dumps(r.top_k)} for r in records]
+    table = pa.Table.from_pylist(rows)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path

@@ -5,11 +5,21 @@ Imports are lazy: a CPU-only field station never loads them.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 from promptcam.models.errors import BackendUnavailableError
 
 TRT_INSTALL_HINT = "install the 'trt' extra (pip install 'promptcam[trt]') on a machine with an NVIDIA GPU"
+
+
+def has_nvidia_driver() -> bool:
+    """Whether the NVIDIA driver library loads: without it no GPU engine can start."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def import_tensorrt() -> Any:

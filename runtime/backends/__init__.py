@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import onnxruntime as ort
 
 from promptcam.models.errors import BackendUnavailableError, PromptCamError
+from promptcam.runtime.cuda import has_nvidia_driver
 from promptcam.runtime.manifest import Manifest
 
 from .base import OUTPUTS, Backend
-
-
-def has_nvidia_driver() -> bool:
-    """Whether the NVIDIA driver library loads (no driver: skip GPU engines without ORT's error spew)."""
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
 
 ENGINES = ("auto", "ort", "ort-cpu", "ort-cuda", "ort-trt", "trt")
 
@@ -67,4 +57,4 @@ def create_backend(
                       fp16=manifest.precision == "fp16")
 
 
-__all__ = ["ENGINES", "OUTPUTS", "Backend", "create_backend"]
+__all__ = ["ENGINES", "OUTPUTS", "Backend", "create_backend", "has_nvidia_driver"]

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from promptcam.models.errors import BackendUnavailableError
+from promptcam.runtime.cuda import has_nvidia_driver
 
 from .base import OUTPUTS, Backend
 
@@ -55,6 +56,8 @@ class OrtBackend(Backend):
             raise BackendUnavailableError(
                 f"{engine}: this onnxruntime build has no {provider} "
                 f"(available: {', '.join(ort.get_available_providers())})")
+        if engine != "ort-cpu" and not has_nvidia_driver():
+            raise BackendUnavailableError(f"{engine}: no NVIDIA driver (libcuda.so.1) on this machine")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or default_threads()

@@ -17,7 +17,7 @@ from promptcam.models.promptcam import PromptCAM
 
 RunFn = Callable[[np.ndarray], np.ndarray]  # pixels -> logits (or features for plain-vit)
 
-BACKENDS = ("eager-official", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp16",
+BACKENDS = ("eager-official", "eager", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp16",
             "plain-vit")
 
 
@@ -33,36 +33,78 @@ class Skipped(Exception):
     """A backend that cannot run on this machine; the message is the reason."""
 
 
-def eager_official(model: PromptCAM) -> BenchBackend:
-    """The published forward: all C prompts through all layers, attention maps from the last block."""
+def _device() -> torch.device:
+    # fp32 on the GPU when there is one (what users run today), else on the CPU
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _where(device: torch.device) -> str:
+    return torch.cuda.get_device_name(0) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+
+
+def official_forward(model: PromptCAM, images: torch.Tensor) -> torch.Tensor:
+    """The reference implementation's forward: all C prompts through all layers, and, like its
+    ``AttentionPETL``, explicit softmax attention (no fused kernel) in every block."""
+    c = model.num_classes
+    x = model.embed(images)
+    for index, block in enumerate(model.blocks):
+        x = torch.cat([model.vpt.prompt_embeddings[index].expand(x.shape[0], -1, -1), x], dim=1)
+        x, _ = model.run_block(block, x, need_probs=True)
+        if index < len(model.blocks) - 1:
+            x = x[:, c:]
+    return model.head(model.norm(x[:, :c])).squeeze(-1)
+
+
+def _eager(name: str, model: PromptCAM, forward, description: str) -> BenchBackend:  # noqa: ANN001
+    device = _device()
+    model = model.to(device)
 
     @torch.inference_mode()
     def run(pixels: np.ndarray) -> np.ndarray:
-        logits, _ = model(normalize_pixels(pixels, model.config), return_attention=True)
-        return logits.numpy()
+        logits = forward(model, normalize_pixels(pixels, model.config).to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return logits.float().cpu().numpy()
 
-    return BenchBackend("eager-official", run, f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads")
+    return BenchBackend(name, run, f"PyTorch {torch.__version__} eager fp32, {_where(device)}: {description}")
 
 
-def _export_dir(model_path: Path, work: Path, precision: str) -> Path:
+def eager_official(model: PromptCAM) -> BenchBackend:
+    """The baseline users have today: the published forward as the reference code runs it."""
+    return _eager("eager-official", model, official_forward, "reference implementation")
+
+
+def eager_project(model: PromptCAM) -> BenchBackend:
+    """The project's PyTorch model: fused SDPA in blocks whose attention maps are not returned."""
+    return _eager("eager", model, lambda m, x: m(x, return_attention=True)[0], "promptcam.models")
+
+
+def _export_dir(model_path: Path, work: Path, precision: str, *, engine: str | None = None,
+                max_batch: int = 32) -> Path:
     from promptcam.export.passes import ExportOptions, export_model
+    from promptcam.export.tensorrt import BatchProfile
 
-    out = work / f"export-{precision}"
+    out = work / (f"export-{precision}" + ("-trt" if engine else ""))
     if not (out / "manifest.json").is_file():
-        export_model(ExportOptions(ckpt=model_path, out=out, precision=precision, validate=False), log=lambda _: None)
+        export_model(ExportOptions(ckpt=model_path, out=out, precision=precision, validate=False, engine=engine,
+                                   trt_batch=BatchProfile(1, min(8, max_batch), max_batch)), log=lambda _: None)
     return out
 
 
-def predictor_backend(name: str, ckpt: Path, work: Path, threads: int) -> BenchBackend:
+def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch: int) -> BenchBackend:
     """An ORT/TensorRT backend through the runtime's own Predictor (what users run)."""
+    from promptcam.runtime.cuda import has_nvidia_driver, import_tensorrt
     from promptcam.runtime.predictor import Predictor
 
     engine, precision = name.rsplit("-", 1)
-    engine = {"ort-cpu": "ort-cpu", "ort-cuda": "ort-cuda", "trt": "trt"}[engine]
-    if engine == "trt":
-        raise Skipped("needs a TensorRT engine built on a GPU machine (benchmarks/gpu.sh)")
-    model_dir = _export_dir(ckpt, work, precision)
+    if engine != "ort-cpu" and not has_nvidia_driver():
+        raise Skipped("no NVIDIA GPU/driver on this machine")
     try:
+        if engine == "trt":
+            import_tensorrt()
+            model_dir = _export_dir(ckpt, work, precision, engine="trt", max_batch=max_batch)
+        else:
+            model_dir = _export_dir(ckpt, work, precision)
         predictor = Predictor(model_dir, engine, batch_size=1024, threads=threads)
     except PromptCamError as exc:
         raise Skipped(str(exc).splitlines()[0]) from None

@@ -13,6 +13,8 @@ import numpy as np
 
 from promptcam.models.cliutil import run_cli
 
+from .backends import BACKENDS
+
 
 def _bench_model(ckpt: Path | None, quick: bool, work: Path):  # noqa: ANN202
     """The model to measure: a checkpoint, or random weights (speed does not depend on them)."""
@@ -80,8 +82,7 @@ def _trait_cost(model_dir: Path, threads: int, repeats: int = 5) -> dict[str, An
               help="Checkpoint to measure (default: random ViT-B/16 Prompt-CAM, C=200).")
 @click.option("--quick", is_flag=True, help="A tiny model instead of ViT-B (seconds).")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--backends", default=",".join(["eager-official", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32",
-                                              "ort-cuda-fp16", "trt-fp16", "plain-vit"]), show_default=True)
+@click.option("--backends", default=",".join(BACKENDS), show_default=True)
 @click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--iters", type=int, default=5, show_default=True)
 @click.option("--seconds", type=float, default=None, help="Time budget per measurement instead of --iters.")
@@ -99,7 +100,7 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
 
         from promptcam.runtime.backends.onnxruntime import default_threads
 
-        from .backends import BACKENDS, Skipped, eager_official, plain_vit, predictor_backend
+        from .backends import Skipped, eager_official, eager_project, plain_vit, predictor_backend
         from .measure import machine_info, time_backend
         from .report import write_reports
 
@@ -121,10 +122,12 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                 try:
                     if name == "eager-official":
                         built[name] = eager_official(model)
+                    elif name == "eager":
+                        built[name] = eager_project(model)
                     elif name == "plain-vit":
                         built[name] = plain_vit(model, n_threads)
                     else:
-                        built[name] = predictor_backend(name, path, work, n_threads)
+                        built[name] = predictor_backend(name, path, work, n_threads, max(sizes))
                 except Skipped as exc:
                     skipped[name] = str(exc)
                     click.echo(f"  skip {name}: {exc}")

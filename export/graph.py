@@ -154,7 +154,8 @@ def build_promptcam_graph(
     with g.scope(f"block{cfg.depth - 1}"), g.scope("prompt_rows"):
         h = _layer_norm(g, x, blk.norm1_w, blk.norm1_b, cfg.norm_eps)
         # only keys and values of the image tokens: their queries would produce unused outputs
-        k, v = _split_heads(g, _linear(g, h, blk.qkv_w[:, d:], blk.qkv_b[d:]), 2, heads, hd)
+        with g.scope("image_kv"):
+            k, v = _split_heads(g, _linear(g, h, blk.qkv_w[:, d:], blk.qkv_b[d:]), 2, heads, hd)
         values = _with_prompts(g, blk.prompt_values, v, bhcd_shape)  # [B, heads, C + T, hd]
         image_scores = g.op("MatMul", [g.weight("prompt_q", fw.last_prompt_queries),
                                        g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [B, heads, C, T]

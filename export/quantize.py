@@ -1,7 +1,9 @@
 """The ``quantize-int8`` pass: ONNX Runtime int8 for CPUs (VNNI on x86, dot-product on ARM).
 
-The last block (prompt rows, softmax, head) stays float32: it decides top-1 and the heatmaps and
-costs little. Weights are graph initializers, so the quantizer sees them all.
+The prompt rows of the last block (their scores, softmax, projection, MLP and the head) stay
+float32: they decide top-1 and the heatmaps. The last block's image-token key/value projection is
+an ordinary block's work and is quantised like the others. Weights are graph initializers, so
+the quantizer sees them all.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from promptcam.models.errors import ExportError
 
 
 def sensitive_nodes(model: onnx.ModelProto, depth: int) -> list[str]:
-    """Nodes kept in float32: everything in the last block and the head."""
+    """Nodes kept in float32: the last block's prompt rows and the head (not its image key/value projection)."""
     last = f"block{depth - 1}/"
-    return [n.name for n in model.graph.node if n.name.startswith(last) or "/head/" in n.name]
+    return [n.name for n in model.graph.node
+            if (n.name.startswith(last) and "/image_kv/" not in n.name) or "/head/" in n.name]
 
 
 class _PixelReader:

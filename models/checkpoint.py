@@ -95,13 +95,8 @@ def load_checkpoint(
         if version != FORMAT_VERSION:
             raise CheckpointError(f"{path}: promptcam checkpoint version {version!r} is not supported "
                                   f"(this build reads version {FORMAT_VERSION})")
-        for key in ("config", "state_dict"):
-            if key not in blob:
-                raise CheckpointError(f"{path}: promptcam checkpoint has no {key!r} entry")
-        try:
-            config = ModelConfig.from_dict(blob["config"])
-        except ConfigError as exc:
-            raise CheckpointError(f"{path}: {exc}") from exc
+        config = ModelConfig.from_document(blob, ("state_dict",), what="promptcam checkpoint", origin=str(path),
+                                           error=CheckpointError)
         return config, blob["state_dict"]
     if "model_state_dict" in blob:
         state_dict = blob["model_state_dict"]

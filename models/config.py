@@ -128,6 +128,21 @@ class ModelConfig:
             raise ConfigError(f"invalid model config: {exc}") from exc
 
     @classmethod
+    def from_document(cls, data: dict[str, Any], required: tuple[str, ...], *, what: str, origin: str,
+                      error: type[Exception]) -> ModelConfig:
+        """The ``config`` of a saved document (checkpoint, manifest) after checking its required entries.
+
+        Errors are raised as ``error`` and name ``origin`` and the missing entry or bad field.
+        """
+        for key in ("config", *required):
+            if key not in data:
+                raise error(f"{origin}: {what} has no {key!r} entry")
+        try:
+            return cls.from_dict(data["config"])
+        except ConfigError as exc:
+            raise error(f"{origin}: {exc}") from exc
+
+    @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         try:
             data = json.loads(text)

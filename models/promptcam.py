@@ -100,11 +100,11 @@ class PromptCAM(nn.Module):
         for index, block in enumerate(self.blocks):
             x = torch.cat([prompts[index].expand(batch, -1, -1), x], dim=1)
             if index < last:
-                x, _ = self._block(block, x)
+                x, _ = self.run_block(block, x)
                 x = x[:, c:]  # prompt outputs are discarded after every block but the last
             else:
                 need_probs = return_attention or blur_mask is not None
-                x, probs = self._block(block, x, need_probs=need_probs, blur_mask=blur_mask)
+                x, probs = self.run_block(block, x, need_probs=need_probs, blur_mask=blur_mask)
                 if return_attention:
                     # rows: prompt queries; columns: patches only (after C prompts and cls)
                     attention = probs[:, :, :c, c + 1:].permute(0, 2, 1, 3)
@@ -112,7 +112,7 @@ class PromptCAM(nn.Module):
         logits = self.head(x).squeeze(-1)
         return logits, attention
 
-    def _block(
+    def run_block(
         self,
         block: nn.Module,
         x: torch.Tensor,
@@ -120,6 +120,11 @@ class PromptCAM(nn.Module):
         need_probs: bool = False,
         blur_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One transformer block on [B, T, D]; explicit softmax attention when its probabilities are needed.
+
+        Returns:
+            The block output and, when ``need_probs``, the attention probabilities [B, heads, T, T].
+        """
         attn = block.attn
         batch, tokens, dim = x.shape
         heads = attn.num_heads

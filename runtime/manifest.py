@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from promptcam.models.config import ModelConfig
-from promptcam.models.errors import ConfigError, ManifestError
+from promptcam.models.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "promptcam-model"
@@ -62,13 +62,8 @@ class Manifest:
         if data.get("version") != MANIFEST_VERSION:
             raise ManifestError(f"{origin}: manifest version {data.get('version')!r} is not supported "
                                 f"(this runtime reads version {MANIFEST_VERSION})")
-        for key in ("config", "precision", "files"):
-            if key not in data:
-                raise ManifestError(f"{origin}: manifest has no {key!r}")
-        try:
-            config = ModelConfig.from_dict(data["config"])
-        except ConfigError as exc:
-            raise ManifestError(f"{origin}: {exc}") from exc
+        config = ModelConfig.from_document(data, ("precision", "files"), what="manifest", origin=origin,
+                                           error=ManifestError)
         return cls(config=config, precision=data["precision"], files=dict(data["files"]),
                    inputs=data.get("inputs", {}), outputs=data.get("outputs", {}),
                    source=data.get("source", {}), exporter=data.get("exporter", {}),

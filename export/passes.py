@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from promptcam.models.checkpoint import file_sha256, load_model, read_class_names
-from promptcam.models.errors import ExportError, ValidationError
+from promptcam.models.errors import ExportError, ImageError, ValidationError
 from promptcam.models.promptcam import PromptCAM
 from promptcam.runtime.images import iter_image_files, read_image, resize_for_model
 from promptcam.runtime.manifest import METADATA_KEY, Manifest
@@ -342,8 +342,8 @@ def load_calibration(folder: Path, model: PromptCAM, limit: int, batch: int = 8)
     for path in iter_image_files([folder]):
         try:
             images.append(resize_for_model(read_image(path), model.config))
-        except Exception as exc:  # an unreadable calibration image is skipped, not fatal
-            print(f"skipping calibration image {path}: {exc}")
+        except ImageError as exc:  # an unreadable calibration image is skipped, not fatal
+            print(f"skipping calibration image: {exc}")
         if len(images) >= limit:
             break
     if not images:

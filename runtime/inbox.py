@@ -205,7 +205,11 @@ class InboxWatcher:
     def _process(self, paths: list[Path]) -> None:
         started = time.perf_counter()
         rows, good, pixels, originals = [], [], [], []
-        for path in paths:
+        for path in list(paths):
+            if not path.exists():  # removed between scan and read (an operator tidying up): nothing to record
+                self.tracker.forget(path)
+                paths.remove(path)
+                continue
             row, image = self._load(path)
             rows.append(row)
             if image is not None:
@@ -239,7 +243,8 @@ class InboxWatcher:
             st = path.stat()
             data = read_file_bytes(path)
         except (ImageError, OSError) as exc:
-            digest = hashlib.sha256(str(exc).encode()).hexdigest()
+            # unreadable (permissions, I/O error): no content hash exists, key the row on the path instead
+            digest = hashlib.sha256(f"unreadable:{rel}".encode()).hexdigest()
             return self._failed(rel, digest, None, None, str(exc)), None
         raw = data.tobytes()
         sha = hashlib.sha256(raw).hexdigest()

@@ -241,11 +241,16 @@ class InboxWatcher:
         rel = path.relative_to(self.inbox).as_posix()
         try:
             st = path.stat()
+        except OSError as exc:
+            return self._failed(rel, hashlib.sha256(f"unreadable:{rel}".encode()).hexdigest(), None, None,
+                                f"{path}: cannot read file ({exc})"), None
+        try:
             data = read_file_bytes(path)
         except (ImageError, OSError) as exc:
-            # unreadable (permissions, I/O error): no content hash exists, key the row on the path instead
-            digest = hashlib.sha256(f"unreadable:{rel}".encode()).hexdigest()
-            return self._failed(rel, digest, None, None, str(exc)), None
+            # size and mtime go in the row so the next scan knows this file is done and does not retry it;
+            # unreadable files have no content hash, their row is keyed on the path instead
+            digest = hashlib.sha256(b"" if st.st_size == 0 else f"unreadable:{rel}".encode()).hexdigest()
+            return self._failed(rel, digest, st.st_size, st.st_mtime_ns, str(exc)), None
         raw = data.tobytes()
         sha = hashlib.sha256(raw).hexdigest()
         taken = exif_datetime(raw) or time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(st.st_mtime))

@@ -154,18 +154,22 @@ def test_bad_files_become_failure_rows(tiny_export, tmp_path) -> None:
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 3
 
     # restart: nothing is classified twice, even though good.jpg is still in the inbox
+    (inbox / "empty.jpg").write_bytes(b"")
     again = run_cli("promptcam-watch", inbox, "--model", tiny_export, "--db", db, "--engine", "ort-cpu", "--settle",
-                    "0.05", "--poll", "0.1", "--once")
-    assert again.returncode == 0 and len(_rows(db)) == 3
+                    "0.05", "--poll", "0.1", "--once", "--jsonl", tmp_path / "log2.jsonl")
+    assert again.returncode == 0 and len(_rows(db)) == 4
+    # a zero-byte file left in the inbox is recorded once, then known: later scans do not retry it
+    assert again.stderr.count("empty.jpg: zero-byte file") == 1
+    assert len((tmp_path / "log2.jsonl").read_text().splitlines()) == 1
 
     out = run_cli("promptcam-export-results", db, "--format", "megadetector", "-o", tmp_path / "md.json",
                   "--model", tiny_export)
     assert out.returncode == 0, out.stderr
     md = json.loads((tmp_path / "md.json").read_text())
-    assert md["info"]["format_version"] == "1.6" and len(md["images"]) == 3
-    assert sum(im["detections"] is None for im in md["images"]) == 2
+    assert md["info"]["format_version"] == "1.6" and len(md["images"]) == 4
+    assert sum(im["detections"] is None for im in md["images"]) == 3
     out = run_cli("promptcam-export-results", db, "--format", "csv", "-o", tmp_path / "r.csv")
-    assert out.returncode == 0 and (tmp_path / "r.csv").read_text().count("\n") == 4
+    assert out.returncode == 0 and (tmp_path / "r.csv").read_text().count("\n") == 5
 
 
 def test_exif_datetime(tmp_path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,12 @@ def _record(item: LoadedImage, prediction: Prediction, predictor: Predictor, opt
     return record
 
 
-def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: RunOptions) -> list[ImageRecord]:
-    """One inference batch: the decoded images of a chunk in, one record per file out (failures kept)."""
+def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: RunOptions,
+                   executor: Executor | None = None) -> list[ImageRecord]:
+    """One inference batch: the decoded images of a chunk in, one record per file out (failures kept).
+
+    With an ``executor``, heatmaps are drawn and encoded in its threads (OpenCV releases the GIL).
+    """
     good = [item for item in loaded if item.failure is None]
     predictions: dict[int, Prediction] = {}
     if good:
@@ -143,16 +147,16 @@ def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: Run
         batch = predictor.predict_pixels(np.stack([item.pixels for item in good]), [item.size for item in good],
                                          top_k=options.top_k, classes=classes, traits=options.traits)
         predictions = {id(item): p for item, p in zip(good, batch, strict=True)}
-    records = []
-    for item in loaded:
+
+    def record(item: LoadedImage) -> ImageRecord:
         if item.failure is not None:
-            records.append(ImageRecord(file=item.file, path=str(item.path), failure=item.failure))
-            continue
+            return ImageRecord(file=item.file, path=str(item.path), failure=item.failure)
         try:
-            records.append(_record(item, predictions[id(item)], predictor, options))
+            return _record(item, predictions[id(item)], predictor, options)
         except ImageError as exc:
-            records.append(ImageRecord(file=item.file, path=str(item.path), failure=str(exc)))
-    return records
+            return ImageRecord(file=item.file, path=str(item.path), failure=str(exc))
+
+    return list(executor.map(record, loaded) if executor is not None else map(record, loaded))
 
 
 def chunk_files(
@@ -204,7 +208,7 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
             while pending:
                 loaded = [f.result() for f in pending.popleft()]
                 submit_next()
-                records = classify_chunk(predictor, loaded, options)
+                records = classify_chunk(predictor, loaded, options, pool)
                 journal.append(records)
                 since_checkpoint += len(records)
                 if since_checkpoint >= options.checkpoint_every:

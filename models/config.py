@@ -6,7 +6,6 @@ Torch-free on purpose: the runtime reads it from ``manifest.json`` without PyTor
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,9 +104,6 @@ class ModelConfig:
         d["std"] = list(self.std)
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dict, rejecting unknown or missing keys by name."""
@@ -141,11 +137,3 @@ class ModelConfig:
             return cls.from_dict(data["config"])
         except ConfigError as exc:
             raise error(f"{origin}: {exc}") from exc
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"model config is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)

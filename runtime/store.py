@@ -89,11 +89,6 @@ class ResultStore:
     def close(self) -> None:
         self.db.close()
 
-    def has(self, source: str, file: str, sha256: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM results WHERE source=? AND file=? AND sha256=?",
-                              (source, file, sha256)).fetchone()
-        return row is not None
-
     def add(self, rows: Iterable[ResultRow]) -> int:
         """Insert a batch in one transaction; rows already present (same source, file, content) are kept."""
         values = [(r.source, r.file, r.sha256, r.size, r.mtime_ns, r.taken_at, r.processed_at, r.status, r.failure,
@@ -133,8 +128,3 @@ class ResultStore:
                 if row[key] is not None:
                     row[key] = json.loads(row[key])
             yield row
-
-    def count(self, status: str | None = None) -> int:
-        if status is None:
-            return self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-        return self.db.execute("SELECT COUNT(*) FROM results WHERE status=?", (status,)).fetchone()[0]

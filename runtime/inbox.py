@@ -27,7 +27,7 @@ from promptcam.models.errors import ImageError
 
 from .exif import exif_datetime
 from .images import decode_image, is_image_path, read_file_bytes, resize_for_model
-from .pipeline import explain_fields, heatmap_paths, write_heatmaps
+from .pipeline import fill_row
 from .predictor import Predictor
 from .store import ResultRow, ResultStore, utc_now
 
@@ -220,7 +220,7 @@ class InboxWatcher:
             predictions = self.predictor.predict_pixels(np.stack(pixels), [o.shape[:2] for o in originals],
                                                         top_k=self.options.top_k, traits=self.options.traits)
             for row, prediction, original in zip(good, predictions, originals, strict=True):
-                self._fill(row, prediction, original)
+                fill_row(row, prediction, self.predictor, original, self.options.heatmaps)
         if self.options.batch_delay:
             time.sleep(self.options.batch_delay)
         for row in rows:
@@ -228,7 +228,8 @@ class InboxWatcher:
         self.store.add(rows)  # one transaction: these images are now done
         self._append_jsonl(rows)
         for row, path in zip(rows, paths, strict=True):
-            self.known.add((row.file, row.size, path.stat().st_mtime_ns if path.exists() else 0))
+            # the size and mtime the row was classified at: a file changed since then is new content
+            self.known.add((row.file, row.size, row.mtime_ns))
             self.tracker.forget(path)
         self._finish_pending_moves()
         n_failed = sum(r.status == "failed" for r in rows)
@@ -268,15 +269,6 @@ class InboxWatcher:
         self.log(f"failed: {reason}")
         return ResultRow(source=self.source, file=rel, sha256=sha, size=size, mtime_ns=mtime_ns, taken_at=taken,
                          status="failed", failure=reason)
-
-    def _fill(self, row: ResultRow, prediction, original: np.ndarray) -> None:  # noqa: ANN001
-        fields = explain_fields(prediction, self.predictor)
-        row.top_k, row.explained_class, row.trait_heads = fields["top_k"], fields["explained_class"], \
-            fields["trait_heads"]
-        row.top1, row.top1_probability = row.top_k[0]["name"], row.top_k[0]["probability"]
-        row.probabilities = [round(float(p), 6) for p in prediction.probabilities]
-        if self.options.heatmaps is not None:
-            row.heatmap, _ = write_heatmaps(original, prediction, *heatmap_paths(self.options.heatmaps, row.file))
 
     # -- after the commit ------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ from promptcam.models.errors import ImageError, PromptCamError
 from .heatmap import contact_sheet, overlay, write_image
 from .images import iter_image_files, read_image, resize_for_model
 from .predictor import Prediction, Predictor
-from .results import ImageRecord, Journal, megadetector_json, write_csv, write_json
+from .results import ImageRecord, Journal, megadetector_json, round_probability, write_csv, write_json
+from .store import ResultRow
 
 JOURNAL_NAME, MEGADETECTOR_NAME, CSV_NAME = "results.jsonl", "results.json", "results.csv"
 
@@ -106,7 +107,8 @@ def explain_fields(prediction: Prediction, predictor: Predictor) -> dict[str, An
     explained = next(iter(prediction.attention))
     ranking = prediction.traits.get(explained)
     return {
-        "top_k": [{"index": c.index, "name": c.name, "probability": round(c.probability, 6)} for c in prediction.top_k],
+        "top_k": [{"index": c.index, "name": c.name, "probability": round_probability(c.probability)}
+                  for c in prediction.top_k],
         "explained_class": predictor.class_names[explained],
         "trait_heads": ranking.top_heads if ranking is not None else None,
         "trait_order": ranking.order if ranking is not None else None,
@@ -123,6 +125,18 @@ def write_heatmaps(original: np.ndarray, prediction: Prediction, heat_path: Path
         return str(heat_path), None
     write_image(sheet_path, contact_sheet(original, prediction.attention[explained], ranking.top_heads))
     return str(heat_path), str(sheet_path)
+
+
+def fill_row(row: ResultRow, prediction: Prediction, predictor: Predictor, original: np.ndarray,
+             heatmaps: Path | None) -> ResultRow:
+    """Copy a prediction onto a SQLite result row (inbox and streams), drawing its heatmap when asked."""
+    fields = explain_fields(prediction, predictor)
+    row.top_k, row.explained_class, row.trait_heads = fields["top_k"], fields["explained_class"], fields["trait_heads"]
+    row.top1, row.top1_probability = row.top_k[0]["name"], row.top_k[0]["probability"]
+    row.probabilities = [round_probability(p) for p in prediction.probabilities]
+    if heatmaps is not None:
+        row.heatmap, _ = write_heatmaps(original, prediction, *heatmap_paths(heatmaps, row.file))
+    return row
 
 
 def _record(item: LoadedImage, prediction: Prediction, predictor: Predictor, options: RunOptions) -> ImageRecord:

@@ -24,9 +24,9 @@ import numpy as np
 
 from promptcam.models.errors import PromptCamError
 
-from .pipeline import explain_fields, heatmap_paths, write_heatmaps
+from .pipeline import fill_row
 from .predictor import Predictor
-from .store import ResultRow, ResultStore, utc_now
+from .store import ResultRow, ResultStore
 
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
@@ -309,19 +309,14 @@ def _classify_frame(predictor: Predictor, options: StreamOptions, name: str, fra
     ok, encoded = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
     if not ok:
         raise PromptCamError(f"{options.source}: cannot encode a frame")
+    data = encoded.tobytes()
     path = options.frames_dir / file
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encoded.tobytes())
+    path.write_bytes(data)
     rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
     pixels, size = predictor.prepare(rgb)
     prediction = predictor.predict_pixels(pixels[None], [size], top_k=options.top_k, traits=options.traits)[0]
-    fields = explain_fields(prediction, predictor)
     row = ResultRow(source=options.source if "@" not in options.source else name, file=file,
-                    sha256=hashlib.sha256(encoded.tobytes()).hexdigest(), size=len(encoded), taken_at=taken,
-                    width=size[1], height=size[0], top_k=fields["top_k"], top1=fields["top_k"][0]["name"],
-                    top1_probability=fields["top_k"][0]["probability"], explained_class=fields["explained_class"],
-                    trait_heads=fields["trait_heads"], stored_path=None, processed_at=utc_now(),
-                    probabilities=[round(float(p), 6) for p in prediction.probabilities])
-    if options.heatmaps is not None:
-        row.heatmap, _ = write_heatmaps(rgb, prediction, *heatmap_paths(options.heatmaps, file))
-    return row
+                    sha256=hashlib.sha256(data).hexdigest(), size=len(data), taken_at=taken, width=size[1],
+                    height=size[0])
+    return fill_row(row, prediction, predictor, rgb, options.heatmaps)

@@ -18,7 +18,9 @@ from promptcam.models.promptcam import PromptCAM
 RunFn = Callable[[np.ndarray], np.ndarray]  # pixels -> logits (or features for plain-vit)
 
 BACKENDS = ("eager-official", "eager", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp16",
-            "plain-vit")
+            "plain-vit", "plain-vit-cuda")
+# the runtime engine that end-to-end and trait-ranking figures use: the fastest one that was built
+PRIMARY_ORDER = ("trt-fp16", "ort-cuda-fp16", "ort-cuda-fp32", "ort-cpu-fp32")
 
 
 @dataclass
@@ -27,6 +29,13 @@ class BenchBackend:
     run: RunFn
     description: str
     comparable: bool = True  # outputs are Prompt-CAM logits (plain-vit's are not)
+    on_torch_cuda: bool = False  # GPU memory comes from torch's allocator, not device-wide growth
+    model_dir: Path | None = None  # exported model directory and runtime engine (Predictor backends)
+    engine: str | None = None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.on_torch_cuda or self.name.startswith(("ort-cuda", "trt", "plain-vit-cuda"))
 
 
 class Skipped(Exception):
@@ -66,7 +75,8 @@ def _eager(name: str, model: PromptCAM, forward, description: str) -> BenchBacke
             torch.cuda.synchronize()
         return logits.float().cpu().numpy()
 
-    return BenchBackend(name, run, f"PyTorch {torch.__version__} eager fp32, {_where(device)}: {description}")
+    return BenchBackend(name, run, f"PyTorch {torch.__version__} eager fp32, {_where(device)}: {description}",
+                        on_torch_cuda=device.type == "cuda")
 
 
 def eager_official(model: PromptCAM) -> BenchBackend:
@@ -112,14 +122,24 @@ def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch
     def run(pixels: np.ndarray) -> np.ndarray:
         return predictor.backend.infer(pixels, ("logits", "attention"))["logits"]
 
-    return BenchBackend(name, run, predictor.engine_description)
+    return BenchBackend(name, run, predictor.engine_description, model_dir=model_dir, engine=engine)
 
 
-def plain_vit(model: PromptCAM, threads: int) -> BenchBackend:
-    """The same backbone without prompts (timm ViT, torch.onnx export) through ORT: the floor."""
+def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBackend:
+    """The same backbone without prompts (timm ViT, torch.onnx export) through ORT: the floor
+    (``cuda``: on ORT's CUDA provider, the floor for the ort-cuda rows)."""
     import onnxruntime as ort
     from timm.models.vision_transformer import VisionTransformer
 
+    from promptcam.runtime.cuda import has_nvidia_driver
+
+    name = "plain-vit-cuda" if cuda else "plain-vit"
+    if cuda and ("CUDAExecutionProvider" not in ort.get_available_providers() or not has_nvidia_driver()):
+        raise Skipped("no NVIDIA GPU/driver, or this onnxruntime build has no CUDAExecutionProvider")
+    if cuda:
+        from promptcam.runtime.backends.onnxruntime import preload_cuda_libraries
+
+        preload_cuda_libraries()
     cfg = model.config
     vit = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
                             num_heads=cfg.num_heads, num_classes=0, init_values=1e-5 if cfg.layerscale else None).eval()
@@ -130,11 +150,17 @@ def plain_vit(model: PromptCAM, threads: int) -> BenchBackend:
                           dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    providers: list = ([("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"] if cuda
+                       else ["CPUExecutionProvider"])
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
+    wanted = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
+    if session.get_providers()[0] != wanted:
+        raise Skipped(f"{wanted} failed to initialise (active: {', '.join(session.get_providers())})")
 
     def run(pixels: np.ndarray) -> np.ndarray:
         # the same uint8 -> float work the Prompt-CAM graph does inside, done here
         return session.run(None, {"x": normalize_pixels(pixels, cfg).numpy()})[0]
 
-    return BenchBackend("plain-vit", run, f"timm ViT without prompts, onnxruntime {ort.__version__} CPU",
+    where = "CUDA" if cuda else "CPU"
+    return BenchBackend(name, run, f"timm ViT without prompts, onnxruntime {ort.__version__} {where}",
                         comparable=False)

@@ -31,7 +31,7 @@ def _bench_model(ckpt: Path | None, quick: bool, work: Path):  # noqa: ANN202
     return model.eval(), path
 
 
-def _end_to_end(model_dir: Path, pixels_per_second: float, batch: int, threads: int, work: Path,
+def _end_to_end(model_dir: Path, engine: str, pixels_per_second: float, batch: int, threads: int, work: Path,
                 count: int) -> dict[str, Any]:
     """Folder throughput of promptcam-run (decode + infer + write) vs pure inference."""
     import cv2
@@ -45,19 +45,20 @@ def _end_to_end(model_dir: Path, pixels_per_second: float, batch: int, threads: 
     for i in range(count):
         base = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(folder / f"{i:04d}.jpg"), base)
-    predictor = Predictor(model_dir, "ort-cpu", batch_size=batch, threads=threads)
+    predictor = Predictor(model_dir, engine, batch_size=batch, threads=threads)
     summary = run_files(predictor, RunOptions(inputs=[folder], out_dir=work / "e2e_out", overwrite=True,
                                               progress=False), log=lambda _: None)
-    return {"images": count, "folder_images_per_second": summary.images_per_second,
+    return {"engine": predictor.engine_description, "batch": batch, "images": count,
+            "folder_images_per_second": summary.images_per_second,
             "pure_inference_images_per_second": pixels_per_second,
             "ratio": summary.images_per_second / pixels_per_second}
 
 
-def _trait_cost(model_dir: Path, threads: int, repeats: int = 5) -> dict[str, Any]:
+def _trait_cost(model_dir: Path, engine: str, threads: int, repeats: int = 5) -> dict[str, Any]:
     """Trait ranking (k=4) of the predicted class vs one inference, batch 1."""
     from promptcam.runtime.predictor import Predictor
 
-    predictor = Predictor(model_dir, "ort-cpu", batch_size=1, threads=threads)
+    predictor = Predictor(model_dir, engine, batch_size=1, threads=threads)
     size = predictor.config.img_size
     pixels = np.random.default_rng(1).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
 
@@ -73,7 +74,8 @@ def _trait_cost(model_dir: Path, threads: int, repeats: int = 5) -> dict[str, An
     plain, ranked = best(), best(traits=4)
     heads = predictor.config.num_heads
     official_passes = sum(range(4 + 1, heads + 1)) if heads > 4 else 0
-    return {"inference_ms": plain * 1000, "inference_plus_ranking_ms": ranked * 1000, "ratio": ranked / plain,
+    return {"engine": predictor.engine_description, "inference_ms": plain * 1000,
+            "inference_plus_ranking_ms": ranked * 1000, "ratio": ranked / plain,
             "official_forward_passes_replaced": official_passes}
 
 
@@ -100,8 +102,8 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
 
         from promptcam.runtime.backends.onnxruntime import default_threads
 
-        from .backends import Skipped, eager_official, eager_project, plain_vit, predictor_backend
-        from .measure import machine_info, time_backend
+        from .backends import PRIMARY_ORDER, Skipped, eager_official, eager_project, plain_vit, predictor_backend
+        from .measure import GpuMemory, machine_info, time_backend
         from .report import write_reports
 
         n_threads = threads or default_threads()
@@ -117,20 +119,24 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
             cfg = model.config
             label = f"{cfg.arch} {cfg.img_size}px, C={cfg.num_classes}" + (" (random weights)" if ckpt is None else "")
             click.echo(f"benchmarking {label}, batches {sizes}, {n_threads} threads")
-            built, skipped = {}, {}
+            gpu = GpuMemory() if torch.cuda.is_available() else None
+            built, skipped, gpu_growth = {}, {}, {}
             for name in wanted:
+                before = gpu.used_mib() if gpu else 0.0
                 try:
                     if name == "eager-official":
                         built[name] = eager_official(model)
                     elif name == "eager":
                         built[name] = eager_project(model)
-                    elif name == "plain-vit":
-                        built[name] = plain_vit(model, n_threads)
+                    elif name in ("plain-vit", "plain-vit-cuda"):
+                        built[name] = plain_vit(model, n_threads, cuda=name == "plain-vit-cuda")
                     else:
                         built[name] = predictor_backend(name, path, work, n_threads, max(sizes))
                 except Skipped as exc:
                     skipped[name] = str(exc)
                     click.echo(f"  skip {name}: {exc}")
+                if gpu and name in built:
+                    gpu_growth[name] = gpu.used_mib() - before
             rows = []
             for batch in sizes:
                 pixels = np.random.default_rng(batch).integers(0, 256, (batch, cfg.img_size, cfg.img_size, 3),
@@ -138,8 +144,15 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                 reference = built["eager-official"].run(pixels) if "eager-official" in built else None
                 timings = {}
                 for name, backend in built.items():
+                    before = gpu.used_mib() if gpu else 0.0
+                    if gpu:
+                        gpu.reset_torch_peak()
                     timing = time_backend(name, backend.run, pixels, warmup=warmup, iters=iters, seconds=seconds)
                     row = asdict(timing)
+                    if gpu:
+                        # torch rows: the allocator's peak; ORT/TensorRT rows: device memory this backend took
+                        gpu_growth[name] += gpu.used_mib() - before
+                        row["gpu_mib"] = gpu.torch_peak_mib() if backend.on_torch_cuda else gpu_growth[name]
                     if reference is not None and backend.comparable:
                         logits = backend.run(pixels)
                         row["max_abs_diff"] = float(np.abs(logits - reference).max())
@@ -150,19 +163,22 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                 for row in timings.values():
                     if "eager-official" in timings:
                         row["speedup_vs_eager_official"] = timings["eager-official"]["p50_ms"] / row["p50_ms"]
-                    if "plain-vit" in timings and row["backend"] != "plain-vit":
-                        row["cost_vs_plain_vit"] = row["p50_ms"] / timings["plain-vit"]["p50_ms"]
+                    # GPU rows against the floor on the GPU, CPU rows against the floor on the CPU
+                    floor = "plain-vit-cuda" if built[row["backend"]].on_gpu else "plain-vit"
+                    if floor in timings and not row["backend"].startswith("plain-vit"):
+                        row["cost_vs_plain_vit"] = row["p50_ms"] / timings[floor]["p50_ms"]
                 rows += timings.values()
             result: dict[str, Any] = {"model": label, "threads": n_threads, "machine": machine_info(), "rows": rows,
+                                      "backends": {name: b.description for name, b in built.items()},
                                       "skipped": skipped}
-            if "ort-cpu-fp32" in built:
-                fp32_dir = work / "export-fp32"
-                result["traits"] = _trait_cost(fp32_dir, n_threads)
+            primary = next((built[n] for n in PRIMARY_ORDER if n in built), None)
+            if primary is not None:
+                result["traits"] = _trait_cost(primary.model_dir, primary.engine, n_threads)
                 if e2e_images:
                     best_batch = max(sizes)
-                    pure = next(r for r in rows if r["backend"] == "ort-cpu-fp32" and r["batch"] == best_batch)
-                    result["end_to_end"] = _end_to_end(fp32_dir, pure["images_per_second"], best_batch, n_threads,
-                                                       work, e2e_images)
+                    pure = next(r for r in rows if r["backend"] == primary.name and r["batch"] == best_batch)
+                    result["end_to_end"] = _end_to_end(primary.model_dir, primary.engine, pure["images_per_second"],
+                                                       best_batch, n_threads, work, e2e_images)
             paths = write_reports(result, out)
         click.echo(paths["markdown"].read_text())
         click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -28,6 +28,28 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+class GpuMemory:
+    """Device memory through torch (already loaded by the benchmark): device-wide use, and the
+    caching allocator's peak for the torch backends."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        torch.cuda.init()
+        torch.cuda.mem_get_info()  # create the context now, so no backend is charged for it
+
+    def used_mib(self) -> float:
+        free, total = self.torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+
+    def reset_torch_peak(self) -> None:
+        self.torch.cuda.reset_peak_memory_stats()
+
+    def torch_peak_mib(self) -> float:
+        return self.torch.cuda.max_memory_allocated() / 2**20
+
+
 def time_backend(name: str, run, pixels: np.ndarray, *, warmup: int, iters: int, seconds: float | None) -> Timing:  # noqa: ANN001
     """Warm up, then time ``iters`` calls (or as many as fit in ``seconds``, at least 3)."""
     for _ in range(warmup):

@@ -8,14 +8,15 @@ from typing import Any
 
 
 def markdown(result: dict[str, Any]) -> str:
+    on_gpu = any("gpu_mib" in row for row in result["rows"])
     lines = [f"# promptcam-bench: {result['model']}", "",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, GPU: "
              f"{result['machine']['gpu'] or 'none'}; torch {result['machine']['torch']}, onnxruntime "
              f"{result['machine']['onnxruntime']}; {result['threads']} threads. All rows measured side by side in "
              "one run.", "",
-             "| backend | batch | p50 ms | p90 ms | p99 ms | img/s | peak RSS MiB | vs eager-official | vs plain-vit "
-             "| max abs diff | top-1 agree |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| backend | batch | p50 ms | p90 ms | p99 ms | img/s | peak RSS MiB" + (" | GPU MiB" if on_gpu else "")
+             + " | vs eager-official | vs plain-vit | max abs diff | top-1 agree |",
+             "| --- |" + " ---: |" * (11 if on_gpu else 10)]
     def fmt(row: dict[str, Any], key: str, spec: str) -> str:
         value = row.get(key)
         return "–" if value is None else format(value, spec)
@@ -23,8 +24,15 @@ def markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         lines.append(f"| {row['backend']} | {row['batch']} | {row['p50_ms']:.1f} | {row['p90_ms']:.1f} | "
                      f"{row['p99_ms']:.1f} | {row['images_per_second']:.1f} | {row['peak_rss_mib']:.0f} | "
+                     + (f"{fmt(row, 'gpu_mib', '.0f')} | " if on_gpu else "") +
                      f"{fmt(row, 'speedup_vs_eager_official', '.2f')}× | {fmt(row, 'cost_vs_plain_vit', '.2f')}× | "
                      f"{fmt(row, 'max_abs_diff', '.1e')} | {fmt(row, 'top1_agreement', '.0%')} |")
+    if on_gpu:
+        lines += ["", "GPU MiB: for PyTorch rows the caching allocator's peak during the measurement; for ONNX Runtime "
+                  "and TensorRT rows the device memory the backend took (its build and every batch so far). "
+                  "GPU rows' \"vs plain-vit\" is against plain-vit-cuda."]
+    if result.get("backends"):
+        lines += ["", "Backends:"] + [f"- {name}: {text}" for name, text in result["backends"].items()]
     if result["skipped"]:
         lines += ["", "Skipped:"] + [f"- {name}: {reason}" for name, reason in result["skipped"].items()]
     for key, title in (("end_to_end", "End to end (promptcam-run on a folder)"), ("traits", "Trait ranking")):

@@ -26,8 +26,8 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _preload_cuda_libraries() -> None:
-    # ORT >= 1.21 can load CUDA/cuDNN from the nvidia-* pip wheels; without them CUDA EP init fails
+def preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip wheels (ORT >= 1.21); without them CUDA EP init fails."""
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         try:
@@ -69,8 +69,9 @@ class OrtBackend(Backend):
                                          "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
                                          "trt_timing_cache_enable": True}))
         if engine in ("ort-trt", "ort-cuda"):
-            _preload_cuda_libraries()
-            providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+            preload_cuda_libraries()
+            # TF32 off: an fp32 export stays fp32 (and agrees with the CPU); fp16 exports are the fast path
+            providers.append(("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}))
         providers.append("CPUExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=providers)

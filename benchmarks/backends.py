@@ -119,10 +119,14 @@ def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch
     except PromptCamError as exc:
         raise Skipped(str(exc).splitlines()[0]) from None
 
-    def run(pixels: np.ndarray) -> np.ndarray:
-        return predictor.backend.infer(pixels, ("logits", "attention"))["logits"]
+    # what promptcam-run fetches by default: logits and the predicted class's attention maps
+    outputs = ("logits", "top_class", "top_attention")
 
-    return BenchBackend(name, run, predictor.engine_description, model_dir=model_dir, engine=engine)
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return predictor.backend.infer(pixels, outputs)["logits"]
+
+    return BenchBackend(name, run, f"{predictor.engine_description}; outputs {', '.join(outputs)}",
+                        model_dir=model_dir, engine=engine)
 
 
 def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBackend:

@@ -46,9 +46,12 @@ def _end_to_end(model_dir: Path, engine: str, pixels_per_second: float, batch: i
         base = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(folder / f"{i:04d}.jpg"), base)
     predictor = Predictor(model_dir, engine, batch_size=batch, threads=threads)
-    summary = run_files(predictor, RunOptions(inputs=[folder], out_dir=work / "e2e_out", overwrite=True,
-                                              progress=False), log=lambda _: None)
-    return {"engine": predictor.engine_description, "batch": batch, "images": count,
+    # decoding threads: one per core, as a GPU box would be configured (decode is the bottleneck there)
+    options = RunOptions(inputs=[folder], out_dir=work / "e2e_out", overwrite=True, progress=False,
+                         workers=max(4, threads))
+    summary = run_files(predictor, options, log=lambda _: None)
+    return {"engine": predictor.engine_description, "batch": batch, "decode_workers": options.workers,
+            "images": count,
             "folder_images_per_second": summary.images_per_second,
             "pure_inference_images_per_second": pixels_per_second,
             "ratio": summary.images_per_second / pixels_per_second}

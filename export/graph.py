@@ -11,14 +11,20 @@ Graph interface:
     attention     float32 [B, C, heads, N]  last block, prompt c -> patches (not renormalised)
     head_context  float32 [B, C, heads, hd]  per-head attention output of each prompt row
     value_mean    float32 [B, heads, hd]     mean value over all C+1+N keys (= a blurred row's output)
+    top_class         int64   [B]            argmax of logits (first index on ties)
+    top_attention     float32 [B, heads, N]  attention of the top class
+    top_head_context  float32 [B, heads, hd] head_context of the top class
 
 ``head_context`` and ``value_mean`` let the runtime rank trait heads with the tiny
-``trait_head`` graph instead of re-running the backbone.
+``trait_head`` graph instead of re-running the backbone. The ``top_*`` outputs are what
+``promptcam-run`` needs by default (explain the predicted class): on a GPU, copying the full
+``attention`` of every class to the host costs more than the network (C=200, batch 32: 60 MB).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -28,7 +34,7 @@ from .constants import BlockWeights, FoldedWeights
 from .onnx_builder import GraphBuilder
 
 SQRT_HALF = 1.0 / math.sqrt(2.0)
-OUTPUT_NAMES = ("logits", "attention", "head_context", "value_mean")
+OUTPUT_NAMES = ("logits", "attention", "head_context", "value_mean", "top_class", "top_attention", "top_head_context")
 
 
 def _layer_norm(g: GraphBuilder, x: str, w: np.ndarray, b: np.ndarray, eps: float) -> str:
@@ -65,6 +71,14 @@ def _split_heads(g: GraphBuilder, x: str, parts: int, heads: int, hd: int) -> li
         return [g.op("Squeeze", [x, g.ints("axis", [0])])]
     pieces = g.op("Split", [x], n_out=parts, axis=0)
     return [g.op("Squeeze", [p, g.ints("axis", [0])]) for p in pieces]
+
+
+def _gather_class(g: GraphBuilder, x: str, index: str, batch: str, tail: Sequence[int]) -> str:
+    """x[b, index[b]] for x [B, C, *tail] and index int64 [B] -> [B, *tail]."""
+    rank = len(tail) + 2
+    where = g.op("Reshape", [index, g.ints("index_shape", [-1] + [1] * (rank - 1))])
+    where = g.op("Expand", [where, g.op("Concat", [batch, g.ints("one_tail", [1, *tail])], axis=0)])
+    return g.op("Squeeze", [g.op("GatherElements", [x, where], axis=1), g.ints("class_axis", [1])])
 
 
 def _with_prompts(g: GraphBuilder, prompt: np.ndarray, tokens: str, bhcd_shape: str) -> str:
@@ -171,7 +185,12 @@ def build_promptcam_graph(
         g.rename(g.to_fp32(g.reduce_mean(values, 2)), "value_mean")
         ctx = g.op("Reshape", [ctx, g.ints("shape", [0, c, d])])
         tokens = g.weight("prompt_tokens", fw.last_prompt_tokens, keep_fp32=True)
-        g.rename(prompt_tail(g, ctx, tokens, blk, fw), "logits")
+        logits = g.rename(prompt_tail(g, ctx, tokens, blk, fw), "logits")
+
+    with g.scope("top_class"):
+        top = g.rename(g.op("ArgMax", [logits], axis=1, keepdims=0), "top_class")
+        g.rename(_gather_class(g, "attention", top, batch, [heads, cfg.num_patches]), "top_attention")
+        g.rename(_gather_class(g, "head_context", top, batch, [heads, hd]), "top_head_context")
 
     f32 = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", size, size, 3])]
@@ -180,6 +199,9 @@ def build_promptcam_graph(
         helper.make_tensor_value_info("attention", f32, ["batch", c, heads, cfg.num_patches]),
         helper.make_tensor_value_info("head_context", f32, ["batch", c, heads, hd]),
         helper.make_tensor_value_info("value_mean", f32, ["batch", heads, hd]),
+        helper.make_tensor_value_info("top_class", TensorProto.INT64, ["batch"]),
+        helper.make_tensor_value_info("top_attention", f32, ["batch", heads, cfg.num_patches]),
+        helper.make_tensor_value_info("top_head_context", f32, ["batch", heads, hd]),
     ]
     return g.model("promptcam", inputs, outputs, metadata=metadata)
 

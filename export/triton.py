@@ -42,8 +42,11 @@ class TritonOptions:
 def _tensor(name: str, spec: dict, batched: bool) -> str:
     # with batching, Triton's dims exclude the batch dimension; symbolic sizes are -1
     shape = spec["shape"][1:] if batched else spec["shape"]
-    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape)
-    return f'  {{\n    name: "{name}"\n    data_type: {TRITON_TYPES[spec["dtype"]]}\n    dims: [ {dims} ]\n  }}'
+    # a batch-only tensor (top_class [B]): Triton wants dims [1] reshaped to a scalar per request
+    reshape = "\n    reshape: { shape: [ ] }" if batched and not shape else ""
+    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape or [1])
+    return (f'  {{\n    name: "{name}"\n    data_type: {TRITON_TYPES[spec["dtype"]]}\n    dims: [ {dims} ]'
+            f'{reshape}\n  }}')
 
 
 def model_config(name: str, platform: str, inputs: dict, outputs: dict, *, max_batch_size: int,

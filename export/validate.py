@@ -74,10 +74,17 @@ def validate_session(
     """Run ORT and eager on each pixel batch; also check the trait-head graph reproduces the logits."""
     checks: list[OutputCheck] = []
     for pixels in batches:
-        logits, attention, head_context = session.run(["logits", "attention", "head_context"], {"pixels": pixels})
+        names = ["logits", "attention", "head_context", "top_class", "top_attention", "top_head_context"]
+        logits, attention, head_context, top_class, top_attention, top_head_context = session.run(
+            names, {"pixels": pixels})
         want_logits, want_attention = eager_outputs(model, pixels)
         checks.append(compare("logits", len(pixels), logits, want_logits))
         checks.append(compare("attention", len(pixels), attention, want_attention))
+        # the top-class outputs must be exact slices of the full ones (the runtime uses either)
+        rows = np.arange(len(pixels))
+        checks.append(compare("top_class", len(pixels), top_class, logits.argmax(-1)))
+        checks.append(compare("top_attention", len(pixels), top_attention, attention[rows, top_class]))
+        checks.append(compare("top_head_context", len(pixels), top_head_context, head_context[rows, top_class]))
         # trait head on the unblurred context of every class must give back the logits
         b, c = logits.shape
         rows = head_context.reshape(b * c, *head_context.shape[2:])

@@ -154,7 +154,12 @@ class Predictor:
     ) -> list[Prediction]:
         """Like ``predict`` for an already resized uint8 batch [B, S, S, 3] (at most ``batch_size``)."""
         wanted = [self.class_index(c) for c in classes] if classes else None
-        outputs = ("logits", "attention", "head_context", "value_mean") if traits else ("logits", "attention")
+        # explaining the predicted class only: fetch its slices, not every class's maps
+        top_only = wanted is None and "top_attention" in self.backend.output_names
+        if top_only:
+            outputs = ("logits", "top_class", "top_attention") + (("top_head_context", "value_mean") if traits else ())
+        else:
+            outputs = ("logits", "attention") + (("head_context", "value_mean") if traits else ())
         out = self.backend.infer(pixels, outputs)
         probabilities = softmax(out["logits"].astype(np.float64))
         grid = self.config.grid_size
@@ -162,20 +167,26 @@ class Predictor:
         for i, size in enumerate(image_sizes):
             order = np.argsort(-probabilities[i], kind="stable")[:top_k]
             top = [ClassScore(int(j), self.class_names[j], float(probabilities[i, j])) for j in order]
-            chosen = wanted or [top[0].index]
-            attention = {c: out["attention"][i, c].reshape(-1, grid, grid) for c in chosen}
+            if top_only:
+                chosen = [int(out["top_class"][i])]
+                attention = {chosen[0]: out["top_attention"][i].reshape(-1, grid, grid)}
+            else:
+                chosen = wanted or [top[0].index]
+                attention = {c: out["attention"][i, c].reshape(-1, grid, grid) for c in chosen}
             prediction = Prediction(out["logits"][i], probabilities[i], top, attention, (int(size[0]), int(size[1])))
             if traits:
                 ranker = self.trait_ranker()
                 for c in chosen:
-                    prediction.traits[c] = ranker.rank(out["logits"][i], out["head_context"][i],
-                                                       out["value_mean"][i], c, k=traits)
+                    context = out["top_head_context"][i] if top_only else out["head_context"][i, c]
+                    prediction.traits[c] = ranker.rank(out["logits"][i], context, out["value_mean"][i], c, k=traits)
             results.append(prediction)
         return results
 
     def trait_ranker(self) -> TraitRanker:
         if self._ranker is None:
-            self._ranker = TraitRanker(self.manifest.file(self.model_dir, "trait_head"))
+            backend = self.backend
+            self._ranker = TraitRanker(self.manifest.file(self.model_dir, "trait_head"),
+                                       device_id=backend.device_id if backend.on_gpu else None)
         return self._ranker
 
     def close(self) -> None:

@@ -18,17 +18,28 @@ from promptcam.models.traits import HeadRanking, greedy_head_ranking
 
 
 class TraitRanker:
-    """Greedy head blurring for one image's outputs, using ``trait_head.onnx`` on the CPU."""
+    """Greedy head blurring for one image's outputs, using ``trait_head.onnx``.
 
-    def __init__(self, trait_head_path: Path, threads: int = 1) -> None:
+    Args:
+        trait_head_path: The exported ``trait_head.onnx``.
+        threads: ORT intra-op threads on the CPU.
+        device_id: Run on this GPU through ORT's CUDA provider (the main model runs on a GPU: the
+            CPU would make ranking several times the cost of an inference); None: the CPU.
+    """
+
+    def __init__(self, trait_head_path: Path, threads: int = 1, device_id: int | None = None) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(trait_head_path), options, providers=["CPUExecutionProvider"])
+        providers: list = ["CPUExecutionProvider"]
+        if device_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}))
+        self.session = ort.InferenceSession(str(trait_head_path), options, providers=providers)
+        self.description = self.session.get_providers()[0]
 
     def blurred_scores(
         self,
         logits: np.ndarray,
-        head_context: np.ndarray,
+        class_context: np.ndarray,
         value_mean: np.ndarray,
         class_index: int,
         blur_sets: Sequence[Sequence[int]],
@@ -37,10 +48,11 @@ class TraitRanker:
 
         Args:
             logits: [C] unblurred logits.
-            head_context: [C, heads, hd] per-head attention outputs of every prompt row.
+            class_context: [heads, hd] per-head attention output of the class's prompt row
+                (``head_context[class_index]`` or ``top_head_context``).
             value_mean: [heads, hd] output of a blurred (uniform) row.
         """
-        rows = np.repeat(head_context[class_index][None], len(blur_sets), axis=0)
+        rows = np.repeat(np.asarray(class_context, dtype=np.float32)[None], len(blur_sets), axis=0)
         for row, heads in enumerate(blur_sets):
             rows[row, list(heads)] = value_mean[list(heads)]
         indices = np.full(len(blur_sets), class_index, dtype=np.int64)
@@ -55,13 +67,13 @@ class TraitRanker:
     def rank(
         self,
         logits: np.ndarray,
-        head_context: np.ndarray,
+        class_context: np.ndarray,
         value_mean: np.ndarray,
         class_index: int,
         k: int = 4,
     ) -> HeadRanking:
         """Greedy ranking of the heads for one image and class (same algorithm as the PyTorch reference)."""
-        num_heads = head_context.shape[1]
+        num_heads = class_context.shape[0]
         return greedy_head_ranking(
-            lambda sets: self.blurred_scores(logits, head_context, value_mean, class_index, sets),
+            lambda sets: self.blurred_scores(logits, class_context, value_mean, class_index, sets),
             num_heads, min(k, num_heads))

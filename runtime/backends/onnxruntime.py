@@ -87,6 +87,7 @@ class OrtBackend(Backend):
         self.description = f"onnxruntime {ort.__version__} {', '.join(active)}"
         self.on_gpu = engine != "ort-cpu"
         self.device_id = device_id
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
         fixed = self.session.get_inputs()[0].shape[0]
         self.max_batch = fixed if isinstance(fixed, int) else None
 

@@ -50,7 +50,11 @@ class TensorRTBackend(Backend):
         self.stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers: dict[str, tuple[int, int, np.ndarray]] = {}  # name -> (device ptr, host ptr, host view)
         self._capacity = 0
+        self.output_names = tuple(
+            name for name in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT)
         self.name = "trt"
+        self.on_gpu, self.device_id = True, device_id
         self.description = f"TensorRT {trt.__version__} on {gpu['gpu_name']}"
 
     def _allocate(self, batch: int) -> None:
@@ -93,7 +97,7 @@ class TensorRTBackend(Backend):
             check_cuda(cudart.cudaMemcpyAsync(host, device, nbytes, d2h, self.stream), "cudaMemcpyAsync")
         check_cuda(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         for name in outputs:
-            results[name] = np.array(self._buffers[name][2][:batch], dtype=np.float32)
+            results[name] = np.array(self._buffers[name][2][:batch])  # a copy: the pinned buffer is reused
         return results
 
     def _free(self) -> None:

@@ -40,6 +40,10 @@ def test_export_matches_eager_at_dynamic_batches(layout: str, tiny_checkpoints, 
         assert attention.shape == (batch, model.num_classes, model.config.num_heads, model.config.num_patches)
         assert np.abs(logits - want_logits).max() < 1e-4
         assert np.abs(attention - want_attention).max() < 1e-5
+        # the predicted class's slices, as promptcam-run fetches them
+        top_class, top_attention = session.run(["top_class", "top_attention"], {"pixels": pixels})
+        np.testing.assert_array_equal(top_class, logits.argmax(-1))
+        np.testing.assert_array_equal(top_attention, attention[np.arange(batch), top_class])
 
 
 @pytest.mark.parametrize("arch", list_backbones())
@@ -68,7 +72,8 @@ def test_graph_structure_skips_prompt_work(tiny_checkpoints, tmp_path) -> None:
         assert per_block[f"block{index}"] == 6  # qkv, q.k, probs.v, proj, fc1, fc2
     assert per_block[f"block{depth - 1}"] == 7  # kv, prompt q.k, probs.v, proj, fc1, fc2, head
     assert not any("prompt_rows" in n.name for n in graph.node if not n.name.startswith(f"block{depth - 1}/"))
-    assert [o.name for o in graph.output] == ["logits", "attention", "head_context", "value_mean"]
+    assert [o.name for o in graph.output] == ["logits", "attention", "head_context", "value_mean", "top_class",
+                                             "top_attention", "top_head_context"]
     pixels = graph.input[0]
     assert pixels.name == "pixels" and pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert pixels.type.tensor_type.shape.dim[0].dim_param == "batch"
@@ -118,6 +123,8 @@ def test_fp16_keeps_layernorm_and_softmax_fp32(tiny_checkpoints, tmp_path) -> No
             assert init.data_type == onnx.TensorProto.FLOAT, init.name
     assert ctx.validation["top1_agreement"] == 1.0
     assert ctx.validation["logits_max_abs_diff"] < 1e-2
+    # slices of the graph's own outputs: exact in any precision
+    assert ctx.validation["top_attention_max_abs_diff"] == ctx.validation["top_head_context_max_abs_diff"] == 0
     assert read_manifest(tmp_path / "out").precision == "fp16"
 
 

@@ -32,7 +32,11 @@ def test_triton_repository(tiny_checkpoints, tmp_path) -> None:
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
         ("pixels", model_config_pb2.TYPE_UINT8, [64, 64, 3])]
     outputs = {o.name: list(o.dims) for o in config.output}
-    assert outputs == {"logits": [5], "attention": [5, 4, 64], "head_context": [5, 4, 32], "value_mean": [4, 32]}
+    assert outputs == {"logits": [5], "attention": [5, 4, 64], "head_context": [5, 4, 32], "value_mean": [4, 32],
+                       "top_class": [1], "top_attention": [4, 64], "top_head_context": [4, 32]}
+    top_class = next(o for o in config.output if o.name == "top_class")
+    assert top_class.data_type == model_config_pb2.TYPE_INT64 and list(top_class.reshape.shape) == []
+    assert top_class.HasField("reshape")
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16]
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert config.version_policy.latest.num_versions == 1

@@ -21,11 +21,15 @@ def test_ort_cuda_fp32_equals_cpu(tiny_export) -> None:
     cuda, cpu = Predictor(tiny_export, "ort-cuda", batch_size=8), Predictor(tiny_export, "ort-cpu", batch_size=8)
     assert "CUDAExecutionProvider" in cuda.engine_description
     pixels = random_pixels(8, cuda.config.img_size, seed=3)
-    got, want = cuda.backend.infer(pixels), cpu.backend.infer(pixels)
-    assert set(got) == set(want)
+    names = cuda.backend.output_names
+    assert "top_attention" in names
+    got, want = cuda.backend.infer(pixels, names), cpu.backend.infer(pixels, names)
+    assert set(got) == set(want) == set(names)
+    np.testing.assert_array_equal(got["top_class"], want["top_class"])
     for name in want:
-        # TF32 is off in ORT's CUDA provider by default: fp32 agrees to rounding
+        # TF32 is off for fp32 exports: the GPU agrees with the CPU to rounding
         assert np.abs(got[name] - want[name]).max() < 1e-3, name
+    assert cuda.trait_ranker().description == "CUDAExecutionProvider"
     images = [random_pixels(1, 50 + 9 * i, seed=i)[0] for i in range(3)]
     for a, b in zip(cuda.predict(images, traits=2), cpu.predict(images, traits=2), strict=True):
         assert a.top1.index == b.top1.index

@@ -17,8 +17,8 @@ from promptcam.models.promptcam import PromptCAM
 
 RunFn = Callable[[np.ndarray], np.ndarray]  # pixels -> logits (or features for plain-vit)
 
-BACKENDS = ("eager-official", "eager", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32", "ort-cuda-fp16", "trt-fp16",
-            "plain-vit", "plain-vit-cuda")
+BACKENDS = ("eager-official", "eager", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32", "ort-cuda-fp16",
+            "ort-cuda-fp16-unfused", "trt-fp16", "plain-vit", "plain-vit-cuda")
 # the runtime engine that end-to-end and trait-ranking figures use: the fastest one that was built
 PRIMARY_ORDER = ("trt-fp16", "ort-cuda-fp16", "ort-cuda-fp32", "ort-cpu-fp32")
 
@@ -90,14 +90,15 @@ def eager_project(model: PromptCAM) -> BenchBackend:
 
 
 def _export_dir(model_path: Path, work: Path, precision: str, *, engine: str | None = None,
-                max_batch: int = 32) -> Path:
+                attention: str | None = None, max_batch: int = 32) -> Path:
     from promptcam.export.passes import ExportOptions, export_model
     from promptcam.export.tensorrt import BatchProfile
 
-    out = work / (f"export-{precision}" + ("-trt" if engine else ""))
+    out = work / (f"export-{precision}" + ("-trt" if engine else "") + (f"-{attention}" if attention else ""))
     if not (out / "manifest.json").is_file():
         export_model(ExportOptions(ckpt=model_path, out=out, precision=precision, validate=False, engine=engine,
-                                   trt_batch=BatchProfile(1, min(8, max_batch), max_batch)), log=lambda _: None)
+                                   attention=attention, trt_batch=BatchProfile(1, min(8, max_batch), max_batch)),
+                     log=lambda _: None)
     return out
 
 
@@ -106,7 +107,9 @@ def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch
     from promptcam.runtime.cuda import has_nvidia_driver, import_tensorrt
     from promptcam.runtime.predictor import Predictor
 
-    engine, precision = name.rsplit("-", 1)
+    # "-unfused": the fp16 export with standard-op attention (the graph TensorRT gets), side by side
+    attention = "onnx" if name.endswith("-unfused") else None
+    engine, precision = name.removesuffix("-unfused").rsplit("-", 1)
     if engine != "ort-cpu" and not has_nvidia_driver():
         raise Skipped("no NVIDIA GPU/driver on this machine")
     try:
@@ -114,7 +117,7 @@ def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch
             import_tensorrt()
             model_dir = _export_dir(ckpt, work, precision, engine="trt", max_batch=max_batch)
         else:
-            model_dir = _export_dir(ckpt, work, precision)
+            model_dir = _export_dir(ckpt, work, precision, attention=attention)
         predictor = Predictor(model_dir, engine, batch_size=1024, threads=threads)
     except PromptCamError as exc:
         raise Skipped(str(exc).splitlines()[0]) from None

@@ -72,8 +72,8 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider -k "not trained" tests/runt
     tests/export/test_tensorrt.py tests/runtime/test_predictor.py 2>&1 | tee "$OUT/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-args=(--batch "${BATCHES:-1,8,32}" --iters "${ITERS:-50}" --warmup 5 --e2e-images 256 --out "$OUT"
-      --backends "${BACKENDS:-eager-official,eager,ort-cuda-fp32,ort-cuda-fp16,trt-fp16,plain-vit-cuda}")
+args=(--batch "${BATCHES:-1,8,32}" --iters "${ITERS:-50}" --warmup 5 --e2e-images "${E2E_IMAGES:-2048}" --out "$OUT"
+      --backends "${BACKENDS:-eager-official,eager,ort-cuda-fp32,ort-cuda-fp16,ort-cuda-fp16-unfused,trt-fp16,plain-vit-cuda}")
 if [ -n "${CKPT:-}" ]; then args+=(--ckpt "$CKPT"); fi
 if [ "${QUICK:-0}" = "1" ]; then args+=(--quick); fi  # a tiny model: checks this script in seconds
 timeout "${BENCH_TIMEOUT:-900}" promptcam-bench "${args[@]}" 2>&1 | tee "$OUT/bench.log"

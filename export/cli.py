@@ -26,6 +26,9 @@ from promptcam.models.cliutil import run_cli
               help="int8 quantisation (default: static with --calib, else dynamic; --calib images still validate).")
 @click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
               help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
+@click.option("--attention", type=click.Choice(["auto", "fused", "onnx"]), default="auto", show_default=True,
+              help="fused: ONNX Runtime's MultiHeadAttention op (fast on CUDA, ORT only); onnx: standard ops "
+                   "(TensorRT, int8, other runtimes); auto: fused for fp16 without --engine trt, else onnx.")
 @click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
 @click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
@@ -34,7 +37,7 @@ from promptcam.models.cliutil import run_cli
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
-         validate: bool, calib: Path | None, int8_mode: str | None, engine: str, trt_batch: str,
+         validate: bool, calib: Path | None, int8_mode: str | None, engine: str, attention: str, trt_batch: str,
          triton_repo: Path | None, triton_kind: str, timing_cache: Path | None, verbose: bool) -> None:
     """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
 
@@ -51,6 +54,7 @@ def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, ops
             opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
             int8_mode=int8_mode,
             engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
+            attention=None if attention == "auto" else attention,
             timing_cache=timing_cache, triton_repo=triton_repo, triton_kind=f"KIND_{triton_kind.upper()}",
         )
         export_model(options, log=click.echo)

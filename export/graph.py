@@ -33,7 +33,7 @@ from onnx import TensorProto, helper
 from .constants import BlockWeights, FoldedWeights
 from .onnx_builder import GraphBuilder
 
-SQRT_HALF = 1.0 / math.sqrt(2.0)
+SQRT_TWO = math.sqrt(2.0)
 OUTPUT_NAMES = ("logits", "attention", "head_context", "value_mean", "top_class", "top_attention", "top_head_context")
 
 
@@ -49,11 +49,11 @@ def _linear(g: GraphBuilder, x: str, w: np.ndarray, b: np.ndarray) -> str:
 
 
 def _gelu(g: GraphBuilder, x: str) -> str:
-    # exact (erf) GELU as in timm; ORT fuses this pattern into Gelu, TensorRT into its GELU plugin/kernel
-    half = g.weight("half", np.array(0.5))
-    one = g.weight("one", np.array(1.0))
-    erf = g.op("Erf", [g.op("Mul", [x, g.weight("sqrt_half", np.array(SQRT_HALF))])])
-    return g.op("Mul", [g.op("Mul", [x, half]), g.op("Add", [erf, one])])
+    # exact (erf) GELU as in timm, in the form torch.onnx writes: x * (1 + erf(x / sqrt 2)) * 0.5.
+    # ORT fuses exactly this pattern (Div, not Mul by 1/sqrt 2) into Gelu/BiasGelu; TensorRT too.
+    erf = g.op("Erf", [g.op("Div", [x, g.weight("sqrt_two", np.array(SQRT_TWO))])])
+    return g.op("Mul", [g.op("Mul", [x, g.op("Add", [erf, g.weight("one", np.array(1.0))])]),
+                        g.weight("half", np.array(0.5))])
 
 
 def _mlp_residual(g: GraphBuilder, x: str, blk: BlockWeights, eps: float) -> str:
@@ -87,12 +87,33 @@ def _with_prompts(g: GraphBuilder, prompt: np.ndarray, tokens: str, bhcd_shape: 
     return g.op("Concat", [g.op("Expand", [const, bhcd_shape]), tokens], axis=2)
 
 
-def _image_block(g: GraphBuilder, x: str, blk: BlockWeights, cfg, bhcd_shape: str) -> str:
-    """One block for the image tokens; prompts only contribute constant keys and values."""
+def _fused_attention(g: GraphBuilder, qkv: str, blk: BlockWeights, cfg, bcd_shape: str) -> str:
+    """ORT's MultiHeadAttention (com.microsoft) on [B, T, D] tensors: on CUDA a flash /
+    memory-efficient kernel that never writes the [B, heads, T, C + T] scores to memory."""
+    d, c = cfg.embed_dim, cfg.num_classes
+    q, k, v = g.op("Split", [qkv, g.ints("split", [d, d, d])], n_out=3, axis=2)
+
+    def with_prompts(prompt: np.ndarray, tokens: str) -> str:  # [heads, C, hd] -> [B, C + T, D]
+        const = g.weight("prompt_kv", prompt.transpose(1, 0, 2).reshape(1, c, d))
+        return g.op("Concat", [g.op("Expand", [const, bcd_shape]), tokens], axis=1)
+
+    # the 1/sqrt(hd) scale is already folded into the query weights
+    return g.op("MultiHeadAttention", [q, with_prompts(blk.prompt_keys, k), with_prompts(blk.prompt_values, v)],
+                domain="com.microsoft", num_heads=cfg.num_heads, scale=1.0)
+
+
+def _image_block(g: GraphBuilder, x: str, blk: BlockWeights, cfg, bhcd_shape: str, bcd_shape: str | None) -> str:
+    """One block for the image tokens; prompts only contribute constant keys and values.
+    ``bcd_shape`` given: ORT's fused attention; None: standard ONNX ops (TensorRT, any runtime)."""
     heads, hd = cfg.num_heads, cfg.head_dim
     with g.scope("attn"):
         h = _layer_norm(g, x, blk.norm1_w, blk.norm1_b, cfg.norm_eps)
-        q, k, v = _split_heads(g, _linear(g, h, blk.qkv_w, blk.qkv_b), 3, heads, hd)
+        qkv = _linear(g, h, blk.qkv_w, blk.qkv_b)
+        if bcd_shape is not None:
+            ctx = _fused_attention(g, qkv, blk, cfg, bcd_shape)
+            x = g.op("Add", [x, g.to_fp32(_linear(g, ctx, blk.proj_w, blk.proj_b))])
+            return _mlp_residual(g, x, blk, cfg.norm_eps)
+        q, k, v = _split_heads(g, qkv, 3, heads, hd)
         keys = _with_prompts(g, blk.prompt_keys, k, bhcd_shape)
         values = _with_prompts(g, blk.prompt_values, v, bhcd_shape)
         scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])])
@@ -129,6 +150,7 @@ def build_promptcam_graph(
     compute_dtype: np.dtype = np.dtype(np.float32),
     opset: int = 17,
     metadata: dict[str, str] | None = None,
+    fused_attention: bool = False,
 ) -> onnx.ModelProto:
     """Build the optimised graph from folded weights.
 
@@ -137,6 +159,9 @@ def build_promptcam_graph(
         compute_dtype: float32, or float16 for GPUs (LayerNorm/softmax/residuals stay float32).
         opset: ONNX opset (>= 17 for LayerNormalization).
         metadata: ``metadata_props`` to store.
+        fused_attention: Blocks 0..L-2 use ONNX Runtime's ``MultiHeadAttention`` contrib op (the
+            model for ORT); False: standard ONNX ops only (the graph TensorRT builds from). The last
+            block always computes its prompt rows' softmax explicitly: it is the explanation.
 
     Returns:
         The ONNX model.
@@ -159,10 +184,11 @@ def build_promptcam_graph(
                               g.op("Concat", [batch, g.ints("one_d", [1, d])], axis=0)])
         x = g.op("Concat", [cls, patches], axis=1)  # [B, 1 + N, D], float32 residual stream
         bhcd_shape = g.op("Concat", [batch, g.ints("hcd", [heads, c, hd])], axis=0)
+        bcd_shape = g.op("Concat", [batch, g.ints("cd", [c, d])], axis=0) if fused_attention else None
 
     for index, blk in enumerate(fw.blocks[:-1]):
         with g.scope(f"block{index}"):
-            x = _image_block(g, x, blk, cfg, bhcd_shape)
+            x = _image_block(g, x, blk, cfg, bhcd_shape, bcd_shape)
 
     blk = fw.blocks[-1]
     with g.scope(f"block{cfg.depth - 1}"), g.scope("prompt_rows"):

@@ -90,7 +90,9 @@ class GraphBuilder:
         metadata: dict[str, str] | None = None,
     ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+        domains = sorted({n.domain for n in self.nodes if n.domain})  # contrib ops (com.microsoft)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)]
+                                  + [helper.make_opsetid(domain, 1) for domain in domains],
                                   producer_name="promptcam")
         model.ir_version = min(model.ir_version, 10)  # readable by ORT/TRT releases of the last years
         for key, value in (metadata or {}).items():

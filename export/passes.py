@@ -33,6 +33,7 @@ from .tensorrt import BatchProfile, build_engine
 from .validate import AGREEMENT_WARNING, FP32_LOGIT_TOLERANCE, OutputCheck, summarize, validate_session
 
 PRECISIONS = ("fp32", "fp16", "int8")
+ATTENTION_KINDS = ("fused", "onnx")
 MODEL_FILE, TRAIT_HEAD_FILE, ENGINE_FILE = "model.onnx", "trait_head.onnx", "model.plan"
 MIN_OPSET = 17  # LayerNormalization
 
@@ -57,6 +58,10 @@ class ExportOptions:
     timing_cache: Path | None = None
     triton_repo: Path | None = None
     triton_kind: str = "KIND_GPU"
+    # "fused": ORT's MultiHeadAttention in blocks 0..L-2 (ONNX Runtime only; on CUDA it never writes the
+    # attention scores to memory); "onnx": standard ops only (TensorRT, int8 quantisation, other runtimes).
+    # Default: fused for fp16 without --engine trt (the ORT-on-GPU precision), else onnx.
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -73,6 +78,15 @@ class ExportOptions:
             raise ExportError(f"int8 mode must be 'dynamic' or 'static', got {self.int8_mode!r}")
         if self.int8_mode == "static" and self.calib is None:
             raise ExportError("static int8 quantisation needs --calib DIR")
+        if self.attention is None:
+            self.attention = "fused" if self.precision == "fp16" and self.engine is None else "onnx"
+        if self.attention not in ATTENTION_KINDS:
+            raise ExportError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.attention == "fused" and self.engine == "trt":
+            raise ExportError("TensorRT cannot parse ONNX Runtime's fused attention op; "
+                              "use --attention onnx with --engine trt")
+        if self.attention == "fused" and self.precision == "int8":
+            raise ExportError("int8 quantisation needs standard ONNX ops; use --attention onnx with --precision int8")
         if self.engine == "trt" and self.precision == "int8" and self.int8_mode != "static":
             raise ExportError("a TensorRT int8 engine needs --calib DIR (static QDQ quantisation)")
 
@@ -156,13 +170,15 @@ class BuildGraph(ExportPass):
     def run(self, ctx: ExportContext) -> str:
         opts, folded = ctx.options, ctx.require("folded")
         compute = np.dtype(np.float16 if opts.precision == "fp16" else np.float32)
-        ctx.graph = build_promptcam_graph(folded, compute_dtype=compute, opset=opts.opset)
+        ctx.graph = build_promptcam_graph(folded, compute_dtype=compute, opset=opts.opset,
+                                          fused_attention=opts.attention == "fused")
         ctx.trait_head = build_trait_head_graph(folded, opset=opts.opset)
         if opts.batch is not None:
             fix_batch(ctx.graph, opts.batch)
         onnx.checker.check_model(ctx.graph)
         onnx.checker.check_model(ctx.trait_head)
-        return f"{_size(ctx.graph)} ({'dynamic' if opts.batch is None else opts.batch} batch), checker ok"
+        return (f"{_size(ctx.graph)} ({'dynamic' if opts.batch is None else opts.batch} batch, {opts.attention} "
+                "attention), checker ok")
 
 
 class QuantizeInt8(ExportPass):
@@ -230,7 +246,7 @@ class WriteModelDir(ExportPass):
                 "top_head_context": {"dtype": "float32", "shape": [batch, cfg.num_heads, cfg.head_dim]},
             },
             source={"checkpoint": str(opts.ckpt), "sha256": file_sha256(opts.ckpt)},
-            exporter=exporter_versions(opts.opset) | {"int8_mode": ctx.int8_mode},
+            exporter=exporter_versions(opts.opset) | {"int8_mode": ctx.int8_mode, "attention": opts.attention},
             validation=ctx.validation,
         )
         for proto, name in ((graph, MODEL_FILE), (trait_head, TRAIT_HEAD_FILE)):

@@ -128,6 +128,43 @@ def test_fp16_keeps_layernorm_and_softmax_fp32(tiny_checkpoints, tmp_path) -> No
     assert read_manifest(tmp_path / "out").precision == "fp16"
 
 
+@pytest.mark.parametrize("layout", sorted(TINY))
+def test_fused_attention_matches_eager(layout: str, tiny_checkpoints, tmp_path) -> None:
+    """ORT's MultiHeadAttention in blocks 0..L-2 computes the same model (fp32: to rounding)."""
+    out = tmp_path / "fused"
+    ctx = export_model(ExportOptions(ckpt=tiny_checkpoints[layout], out=out, attention="fused"), **QUIET)
+    graph = onnx.load(str(out / "model.onnx"))
+    depth = load_model(tiny_checkpoints[layout]).config.depth
+    ops = Counter(n.op_type for n in graph.graph.node)
+    assert ops["MultiHeadAttention"] == depth - 1
+    assert ops["Softmax"] == 1  # only the last block's prompt rows: their probabilities are the explanation
+    assert "com.microsoft" in {o.domain for o in graph.opset_import}
+    assert ctx.validation["logits_max_abs_diff"] < 1e-4 and ctx.validation["attention_max_abs_diff"] < 1e-5
+    assert read_manifest(out).exporter["attention"] == "fused"
+
+
+def test_attention_defaults_and_conflicts(tiny_checkpoints, tmp_path) -> None:
+    ckpt = tiny_checkpoints["dino"]
+    assert ExportOptions(ckpt=ckpt, out=tmp_path, precision="fp16").attention == "fused"
+    assert ExportOptions(ckpt=ckpt, out=tmp_path, precision="fp16", engine="trt").attention == "onnx"
+    assert ExportOptions(ckpt=ckpt, out=tmp_path).attention == "onnx"
+    with pytest.raises(ExportError, match="TensorRT cannot parse"):
+        ExportOptions(ckpt=ckpt, out=tmp_path, precision="fp16", engine="trt", attention="fused")
+    with pytest.raises(ExportError, match="int8 quantisation needs standard ONNX ops"):
+        ExportOptions(ckpt=ckpt, out=tmp_path, precision="int8", attention="fused")
+
+
+def test_onnx_runtime_fuses_gelu(tiny_export, tmp_path) -> None:
+    """The MLP's GELU is written in the form ORT fuses (one kernel instead of five element-wise passes)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tiny_export / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    depth = read_manifest(tiny_export).config.depth
+    assert ops["Gelu"] + ops["BiasGelu"] == depth and ops["Erf"] == 0
+
+
 def test_int8_dynamic_keeps_prompt_rows_fp32(tiny_checkpoints, tmp_path) -> None:
     ctx = export_model(ExportOptions(ckpt=tiny_checkpoints["dino"], out=tmp_path / "out", precision="int8"), **QUIET)
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))

@@ -69,19 +69,26 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def resize_for_model(image: np.ndarray, config: ModelConfig) -> np.ndarray:
+def resize_for_model(image: np.ndarray, config: ModelConfig, out: np.ndarray | None = None) -> np.ndarray:
     """Resize RGB uint8 to the model's square input, as the model config says.
 
     ``bilinear`` uses area averaging when shrinking (antialiased, close to PIL's bilinear filter
-    used by torchvision) and bilinear when enlarging.
+    used by torchvision) and bilinear when enlarging. ``out``: a contiguous [S, S, 3] uint8 array
+    to write into (a slot of a batch buffer), which is returned.
     """
     size = config.img_size
     h, w = image.shape[:2]
     if (h, w) == (size, size):
-        return np.ascontiguousarray(image)
+        if out is None:
+            return np.ascontiguousarray(image)
+        out[...] = image
+        return out
     shrinking = h > size or w > size
     interpolation = cv2.INTER_AREA if (config.interpolation == "area" or shrinking) else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
+    if out is None:
+        return cv2.resize(image, (size, size), interpolation=interpolation)
+    cv2.resize(image, (size, size), dst=out, interpolation=interpolation)
+    return out
 
 
 def iter_image_files(sources: Iterable[str | Path], skipped: list[Path] | None = None) -> Iterator[Path]:

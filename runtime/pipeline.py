@@ -87,11 +87,13 @@ def collect_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list
     return files, skipped
 
 
-def load_item(file: str, path: Path, config: ModelConfig, keep_original: bool) -> LoadedImage:
-    """Decode and resize one file (in a worker thread); a bad file becomes a failure, not an exception."""
+def load_item(file: str, path: Path, config: ModelConfig, keep_original: bool,
+              out: np.ndarray | None = None) -> LoadedImage:
+    """Decode and resize one file (in a worker thread); a bad file becomes a failure, not an exception.
+    ``out``: this image's slot of the chunk's batch buffer (saves stacking the batch afterwards)."""
     try:
         rgb = read_image(path)
-        pixels = resize_for_model(rgb, config)
+        pixels = resize_for_model(rgb, config, out)
     except ImageError as exc:
         return LoadedImage(file, path, failure=str(exc))
     return LoadedImage(file, path, pixels, (rgb.shape[0], rgb.shape[1]), rgb if keep_original else None)
@@ -148,19 +150,27 @@ def _record(item: LoadedImage, prediction: Prediction, predictor: Predictor, opt
     return record
 
 
-def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: RunOptions,
-                   executor: Executor | None = None) -> list[ImageRecord]:
-    """One inference batch: the decoded images of a chunk in, one record per file out (failures kept).
-
-    With an ``executor``, heatmaps are drawn and encoded in its threads (OpenCV releases the GIL).
-    """
+def predict_loaded(predictor: Predictor, loaded: list[LoadedImage], options: RunOptions,
+                   batch: np.ndarray | None = None) -> dict[int, Prediction]:
+    """Inference for the decoded images of a chunk, by ``id(item)``. ``batch``: the buffer the
+    items were decoded into (used as is when no item failed)."""
     good = [item for item in loaded if item.failure is None]
-    predictions: dict[int, Prediction] = {}
-    if good:
-        classes = [options.explain_class] if options.explain_class else None
-        batch = predictor.predict_pixels(np.stack([item.pixels for item in good]), [item.size for item in good],
-                                         top_k=options.top_k, classes=classes, traits=options.traits)
-        predictions = {id(item): p for item, p in zip(good, batch, strict=True)}
+    if not good:
+        return {}
+    if batch is not None and len(good) == len(batch):
+        pixels = batch
+    else:
+        pixels = np.stack([item.pixels for item in good])
+    classes = [options.explain_class] if options.explain_class else None
+    predictions = predictor.predict_pixels(pixels, [item.size for item in good], top_k=options.top_k,
+                                           classes=classes, traits=options.traits)
+    return {id(item): p for item, p in zip(good, predictions, strict=True)}
+
+
+def chunk_records(predictor: Predictor, loaded: list[LoadedImage], predictions: dict[int, Prediction],
+                  options: RunOptions, executor: Executor | None = None) -> list[ImageRecord]:
+    """One record per file of a chunk (failures kept). With an ``executor``, heatmaps are drawn and
+    encoded in its threads (OpenCV releases the GIL)."""
 
     def record(item: LoadedImage) -> ImageRecord:
         if item.failure is not None:
@@ -170,7 +180,15 @@ def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: Run
         except ImageError as exc:
             return ImageRecord(file=item.file, path=str(item.path), failure=str(exc))
 
-    return list(executor.map(record, loaded) if executor is not None else map(record, loaded))
+    if executor is not None and options.heatmaps is not None:
+        return list(executor.map(record, loaded))
+    return [record(item) for item in loaded]
+
+
+def classify_chunk(predictor: Predictor, loaded: list[LoadedImage], options: RunOptions,
+                   executor: Executor | None = None) -> list[ImageRecord]:
+    """One inference batch: the decoded images of a chunk in, one record per file out (failures kept)."""
+    return chunk_records(predictor, loaded, predict_loaded(predictor, loaded, options), options, executor)
 
 
 def chunk_files(
@@ -204,31 +222,46 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
 
     keep_original = options.heatmaps is not None
     journal.open(truncate=not options.resume)
-    since_checkpoint = 0
     progress = _progress(len(files), summary.resumed, options.progress)
+    written = {"since_checkpoint": 0}
+
+    def finish_chunk(loaded: list[LoadedImage], predictions: dict[int, Prediction], pool: Executor) -> None:
+        # in the writer thread: records, heatmaps and the journal overlap the next chunk's inference
+        records = chunk_records(predictor, loaded, predictions, options, pool)
+        journal.append(records)
+        written["since_checkpoint"] += len(records)
+        if written["since_checkpoint"] >= options.checkpoint_every:
+            journal.checkpoint()
+            written["since_checkpoint"] = 0
+        progress.update(len(records))
+
+    size = predictor.config.img_size
     try:
-        with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-            pending: deque[list[Future[LoadedImage]]] = deque()
+        with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool, \
+                ThreadPoolExecutor(max_workers=1) as writer:
+            pending: deque[tuple[np.ndarray, list[Future[LoadedImage]]]] = deque()
+            writing: deque[Future[None]] = deque()
             chunks = chunk_files(files, predictor.batch_size, done)
 
             def submit_next() -> None:
                 chunk = next(chunks, None)
                 if chunk is not None:
-                    pending.append([pool.submit(load_item, name, path, predictor.config, keep_original)
-                                    for name, path in chunk])
+                    batch = np.empty((len(chunk), size, size, 3), np.uint8)  # workers decode into its slots
+                    pending.append((batch, [pool.submit(load_item, name, path, predictor.config, keep_original,
+                                                        batch[i]) for i, (name, path) in enumerate(chunk)]))
 
             for _ in range(options.prefetch_chunks):
                 submit_next()
             while pending:
-                loaded = [f.result() for f in pending.popleft()]
+                batch, futures = pending.popleft()
+                loaded = [f.result() for f in futures]
                 submit_next()
-                records = classify_chunk(predictor, loaded, options, pool)
-                journal.append(records)
-                since_checkpoint += len(records)
-                if since_checkpoint >= options.checkpoint_every:
-                    journal.checkpoint()
-                    since_checkpoint = 0
-                progress.update(len(records))
+                predictions = predict_loaded(predictor, loaded, options, batch)
+                writing.append(writer.submit(finish_chunk, loaded, predictions, pool))
+                while len(writing) > 1 or (writing and writing[0].done()):
+                    writing.popleft().result()  # at most one chunk behind; raises a writer error here
+            while writing:
+                writing.popleft().result()
     finally:
         journal.close()
         progress.close()

@@ -43,7 +43,8 @@ class ImageRecord:
         return self.failure is None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # vars(), not asdict(): the fields are already JSON values and asdict deep-copies them (slow at GPU rates)
+        return json.dumps(vars(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:

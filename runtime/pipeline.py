@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from promptcam.models.config import ModelConfig
@@ -77,12 +78,13 @@ def collect_inputs(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list
         root = Path(source)
         if not root.exists():
             raise PromptCamError(f"{root}: input not found")
+        is_folder = root.is_dir()
         for path in iter_image_files([root], skipped):
             key = path.resolve()
             if key in seen:
                 continue
             seen.add(key)
-            name = path.relative_to(root).as_posix() if root.is_dir() else path.as_posix()
+            name = path.relative_to(root).as_posix() if is_folder else path.as_posix()
             files.append((name, path))
     return files, skipped
 
@@ -236,6 +238,9 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         progress.update(len(records))
 
     size = predictor.config.img_size
+    # the workers are the parallelism: OpenCV's own threads inside each decode/resize only contend
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1 if options.workers > 1 else cv_threads)
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool, \
                 ThreadPoolExecutor(max_workers=1) as writer:
@@ -263,6 +268,7 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
             while writing:
                 writing.popleft().result()
     finally:
+        cv2.setNumThreads(cv_threads)
         journal.close()
         progress.close()
 

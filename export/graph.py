@@ -102,24 +102,27 @@ def _fused_attention(g: GraphBuilder, qkv: str, blk: BlockWeights, cfg, bcd_shap
                 domain="com.microsoft", num_heads=cfg.num_heads, scale=1.0)
 
 
+def _explicit_attention(g: GraphBuilder, qkv: str, blk: BlockWeights, cfg, bhcd_shape: str) -> str:
+    """Attention in standard ONNX ops (TensorRT, any runtime): [B, T, 3D] -> [B, T, D]."""
+    q, k, v = _split_heads(g, qkv, 3, cfg.num_heads, cfg.head_dim)
+    keys = _with_prompts(g, blk.prompt_keys, k, bhcd_shape)
+    values = _with_prompts(g, blk.prompt_values, v, bhcd_shape)
+    scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])])
+    probs = g.to_compute(g.op("Softmax", [g.to_fp32(scores)], axis=-1))
+    ctx = g.op("Transpose", [g.op("MatMul", [probs, values])], perm=[0, 2, 1, 3])
+    return g.op("Reshape", [ctx, g.ints("shape", [0, 0, cfg.embed_dim])])
+
+
 def _image_block(g: GraphBuilder, x: str, blk: BlockWeights, cfg, bhcd_shape: str, bcd_shape: str | None) -> str:
     """One block for the image tokens; prompts only contribute constant keys and values.
-    ``bcd_shape`` given: ORT's fused attention; None: standard ONNX ops (TensorRT, any runtime)."""
-    heads, hd = cfg.num_heads, cfg.head_dim
+    ``bcd_shape`` given: ORT's fused attention; None: standard ONNX ops."""
     with g.scope("attn"):
         h = _layer_norm(g, x, blk.norm1_w, blk.norm1_b, cfg.norm_eps)
         qkv = _linear(g, h, blk.qkv_w, blk.qkv_b)
         if bcd_shape is not None:
             ctx = _fused_attention(g, qkv, blk, cfg, bcd_shape)
-            x = g.op("Add", [x, g.to_fp32(_linear(g, ctx, blk.proj_w, blk.proj_b))])
-            return _mlp_residual(g, x, blk, cfg.norm_eps)
-        q, k, v = _split_heads(g, qkv, 3, heads, hd)
-        keys = _with_prompts(g, blk.prompt_keys, k, bhcd_shape)
-        values = _with_prompts(g, blk.prompt_values, v, bhcd_shape)
-        scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])])
-        probs = g.to_compute(g.op("Softmax", [g.to_fp32(scores)], axis=-1))
-        ctx = g.op("Transpose", [g.op("MatMul", [probs, values])], perm=[0, 2, 1, 3])
-        ctx = g.op("Reshape", [ctx, g.ints("shape", [0, 0, cfg.embed_dim])])
+        else:
+            ctx = _explicit_attention(g, qkv, blk, cfg, bhcd_shape)
         x = g.op("Add", [x, g.to_fp32(_linear(g, ctx, blk.proj_w, blk.proj_b))])
     return _mlp_residual(g, x, blk, cfg.norm_eps)
 

@@ -225,16 +225,17 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
     keep_original = options.heatmaps is not None
     journal.open(truncate=not options.resume)
     progress = _progress(len(files), summary.resumed, options.progress)
-    written = {"since_checkpoint": 0}
+    since_checkpoint = 0
 
     def finish_chunk(loaded: list[LoadedImage], predictions: dict[int, Prediction], pool: Executor) -> None:
         # in the writer thread: records, heatmaps and the journal overlap the next chunk's inference
+        nonlocal since_checkpoint
         records = chunk_records(predictor, loaded, predictions, options, pool)
         journal.append(records)
-        written["since_checkpoint"] += len(records)
-        if written["since_checkpoint"] >= options.checkpoint_every:
+        since_checkpoint += len(records)
+        if since_checkpoint >= options.checkpoint_every:
             journal.checkpoint()
-            written["since_checkpoint"] = 0
+            since_checkpoint = 0
         progress.update(len(records))
 
     size = predictor.config.img_size

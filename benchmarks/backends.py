@@ -138,14 +138,13 @@ def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBac
     import onnxruntime as ort
     from timm.models.vision_transformer import VisionTransformer
 
+    from promptcam.runtime.backends.onnxruntime import cuda_provider, preload_cuda_libraries
     from promptcam.runtime.cuda import has_nvidia_driver
 
     name = "plain-vit-cuda" if cuda else "plain-vit"
     if cuda and ("CUDAExecutionProvider" not in ort.get_available_providers() or not has_nvidia_driver()):
         raise Skipped("no NVIDIA GPU/driver, or this onnxruntime build has no CUDAExecutionProvider")
     if cuda:
-        from promptcam.runtime.backends.onnxruntime import preload_cuda_libraries
-
         preload_cuda_libraries()
     cfg = model.config
     vit = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
@@ -157,8 +156,7 @@ def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBac
                           dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    providers: list = ([("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"] if cuda
-                       else ["CPUExecutionProvider"])
+    providers: list = [cuda_provider(), "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
     session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
     wanted = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
     if session.get_providers()[0] != wanted:

@@ -13,6 +13,7 @@ from promptcam.models.errors import ConfigError
 from promptcam.models.traits import HeadRanking
 
 from .backends import Backend, create_backend
+from .backends.base import TOP_OUTPUTS
 from .images import read_image, resize_for_model
 from .manifest import Manifest, read_manifest
 from .traits import TraitRanker
@@ -155,7 +156,7 @@ class Predictor:
         """Like ``predict`` for an already resized uint8 batch [B, S, S, 3] (at most ``batch_size``)."""
         wanted = [self.class_index(c) for c in classes] if classes else None
         # explaining the predicted class only: fetch its slices, not every class's maps
-        top_only = wanted is None and "top_attention" in self.backend.output_names
+        top_only = wanted is None and set(TOP_OUTPUTS) <= set(self.backend.output_names)
         if top_only:
             outputs = ("logits", "top_class", "top_attention") + (("top_head_context", "value_mean") if traits else ())
         else:
@@ -184,9 +185,8 @@ class Predictor:
 
     def trait_ranker(self) -> TraitRanker:
         if self._ranker is None:
-            backend = self.backend
             self._ranker = TraitRanker(self.manifest.file(self.model_dir, "trait_head"),
-                                       device_id=backend.device_id if backend.on_gpu else None)
+                                       device_id=self.backend.device_id if self.backend.on_gpu else None)
         return self._ranker
 
     def close(self) -> None:

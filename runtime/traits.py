@@ -16,6 +16,8 @@ import onnxruntime as ort
 
 from promptcam.models.traits import HeadRanking, greedy_head_ranking
 
+from .backends.onnxruntime import cuda_provider
+
 
 class TraitRanker:
     """Greedy head blurring for one image's outputs, using ``trait_head.onnx``.
@@ -32,7 +34,7 @@ class TraitRanker:
         options.intra_op_num_threads = threads
         providers: list = ["CPUExecutionProvider"]
         if device_id is not None and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}))
+            providers.insert(0, cuda_provider(device_id))
         self.session = ort.InferenceSession(str(trait_head_path), options, providers=providers)
         self.description = self.session.get_providers()[0]
 

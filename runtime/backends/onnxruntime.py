@@ -36,6 +36,12 @@ def preload_cuda_libraries() -> None:
             pass
 
 
+def cuda_provider(device_id: int = 0) -> tuple[str, dict[str, int]]:
+    """ORT's CUDA provider entry. TF32 off: an fp32 export stays fp32 (and agrees with the CPU);
+    fp16 exports are the fast path."""
+    return "CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}
+
+
 class OrtBackend(Backend):
     """One ``InferenceSession``; on CUDA, IO binding copies inputs once and outputs straight to host."""
 
@@ -70,8 +76,7 @@ class OrtBackend(Backend):
                                          "trt_timing_cache_enable": True}))
         if engine in ("ort-trt", "ort-cuda"):
             preload_cuda_libraries()
-            # TF32 off: an fp32 export stays fp32 (and agrees with the CPU); fp16 exports are the fast path
-            providers.append(("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}))
+            providers.append(cuda_provider(device_id))
         providers.append("CPUExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=providers)

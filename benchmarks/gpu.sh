@@ -30,11 +30,8 @@ if [ "${OFFLINE:-0}" = "1" ]; then
             "${WHEELS:-.whl}"/*.whl || exit 1
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
-    # the package-dir mapping of pyproject.toml, as links: promptcam.models -> models/ ...
-    ns=/tmp/promptcam-src/promptcam
-    mkdir -p "$ns"
-    for part in models train export runtime benchmarks; do ln -sfn "$PWD/$part" "$ns/$part"; done
-    export PYTHONPATH=/tmp/promptcam-src${PYTHONPATH:+:$PYTHONPATH}
+    # a src layout: the source tree imports as it is
+    export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
     python3 - <<'PY' || exit 1
 import sys, tomllib
 from pathlib import Path

@@ -12,12 +12,12 @@ import onnxruntime as ort
 import pytest
 
 from helpers import TINY, official_checkpoint, perturbed_model, project_checkpoint, random_pixels, run_cli
+from promptcam.core.errors import ExportError
+from promptcam.core.manifest import METADATA_KEY, read_manifest
 from promptcam.export.passes import ExportOptions, export_model
 from promptcam.export.validate import eager_outputs
 from promptcam.models.checkpoint import load_model
-from promptcam.models.errors import ExportError
 from promptcam.models.registry import list_backbones, make_config
-from promptcam.runtime.manifest import METADATA_KEY, read_manifest
 
 QUIET = {"log": lambda _: None}
 

@@ -7,11 +7,11 @@ import importlib.util
 import pytest
 
 from helpers import run_cli
+from promptcam.core.errors import BackendUnavailableError, ExportError
+from promptcam.core.manifest import read_manifest
 from promptcam.export.tensorrt import BatchProfile, build_engine
-from promptcam.models.errors import BackendUnavailableError, ExportError
 from promptcam.runtime.backends import create_backend
 from promptcam.runtime.backends.tensorrt import check_engine_compatible
-from promptcam.runtime.manifest import read_manifest
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from helpers import TINY, official_checkpoint, perturbed_model, project_checkpoint, run_cli
+from promptcam.core.errors import CheckpointError, ConfigError
 from promptcam.models import ModelConfig
 from promptcam.models.checkpoint import clean_class_name, load_checkpoint, load_model
-from promptcam.models.errors import CheckpointError, ConfigError
 
 
 def _same_outputs(a, b) -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from helpers import TINY, perturbed_model
+from promptcam.core.traits import greedy_head_ranking
 from promptcam.models.blur import blurred_class_scores, rank_trait_heads
 from promptcam.models.checkpoint import load_model
-from promptcam.models.traits import greedy_head_ranking
 
 
 def naive_forward(sd: dict[str, torch.Tensor], images: torch.Tensor, heads: int, eps: float = 1e-6,

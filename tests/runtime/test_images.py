@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptcam.models.config import ModelConfig
-from promptcam.models.errors import ImageError
+from promptcam.core.config import ModelConfig
+from promptcam.core.errors import ImageError
 from promptcam.runtime import images as images_module
 from promptcam.runtime.images import iter_image_files, read_image, resize_for_model
 

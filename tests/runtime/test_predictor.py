@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from promptcam.core.errors import BackendUnavailableError, ConfigError, ManifestError
+from promptcam.core.manifest import read_manifest
 from promptcam.export.validate import eager_outputs
 from promptcam.models.blur import rank_trait_heads
 from promptcam.models.checkpoint import load_model
-from promptcam.models.errors import BackendUnavailableError, ConfigError, ManifestError
 from promptcam.models.preprocess import normalize_pixels
 from promptcam.runtime import Predictor
 from promptcam.runtime.backends import ENGINES, create_backend, has_nvidia_driver
-from promptcam.runtime.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,63 @@
+"""``promptcam-export``: checkpoint -> model directory (ONNX + manifest [+ TensorRT engine])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from promptcam.core.cli import run_cli
+
+
+@click.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), required=True,
+              help="model.pt (project format) or an official Prompt-CAM checkpoint.")
+@click.option("--classes", type=click.Path(path_type=Path), help="Class names for an official checkpoint.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output model directory (default: <ckpt stem>_export next to the checkpoint).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Compare against eager PyTorch (fails on fp32 mismatch).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Images for static int8 calibration and validation.")
+@click.option("--int8-mode", type=click.Choice(["dynamic", "static"]), default=None,
+              help="int8 quantisation (default: static with --calib, else dynamic; --calib images still validate).")
+@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
+@click.option("--attention", type=click.Choice(["auto", "fused", "onnx"]), default="auto", show_default=True,
+              help="fused: ONNX Runtime's MultiHeadAttention op (fast on CUDA, ORT only); onnx: standard ops "
+                   "(TensorRT, int8, other runtimes); auto: fused for fp16 without --engine trt, else onnx.")
+@click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository here.")
+@click.option("--triton-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Triton instance group kind for the ONNX model.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
+         validate: bool, calib: Path | None, int8_mode: str | None, engine: str, attention: str, trt_batch: str,
+         triton_repo: Path | None, triton_kind: str, timing_cache: Path | None, verbose: bool) -> None:
+    """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
+
+    def body() -> None:
+        from promptcam.core.errors import ExportError
+
+        from .passes import ExportOptions, export_model
+        from .tensorrt import BatchProfile
+
+        if batch != "dynamic" and not batch.isdigit():
+            raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+        options = ExportOptions(
+            ckpt=ckpt, out=out or ckpt.parent / f"{ckpt.stem}_export", classes=classes, precision=precision,
+            opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
+            int8_mode=int8_mode,
+            engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
+            attention=None if attention == "auto" else attention,
+            timing_cache=timing_cache, triton_repo=triton_repo, triton_kind=f"KIND_{triton_kind.upper()}",
+        )
+        export_model(options, log=click.echo)
+        click.echo(f"exported to {options.out}")
+
+    run_cli(body, verbose=verbose)

@@ -1,0 +1,101 @@
+"""The ``write-triton-repo`` pass: a Triton Inference Server model repository for an exported model.
+
+Layout::
+
+    REPO/promptcam/config.pbtxt            onnxruntime_onnx, dynamic batching
+    REPO/promptcam/1/model.onnx
+    REPO/promptcam_trt/config.pbtxt        tensorrt_plan (only when an engine was built)
+    REPO/promptcam_trt/1/model.plan
+    REPO/promptcam_trait_head/config.pbtxt trait ranking tail (CPU)
+    REPO/promptcam_trait_head/1/model.onnx
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptcam.core.errors import ExportError
+from promptcam.core.manifest import Manifest
+
+TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    name: str = "promptcam"
+    max_batch_size: int = 32
+    preferred_batch_sizes: tuple[int, ...] = (8, 16)
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    kind: str = "KIND_GPU"  # or KIND_CPU
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("KIND_GPU", "KIND_CPU"):
+            raise ExportError(f"Triton instance kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
+        if any(b > self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ExportError("preferred batch sizes must not exceed max_batch_size")
+
+
+def _tensor(name: str, spec: dict, batched: bool) -> str:
+    # with batching, Triton's dims exclude the batch dimension; symbolic sizes are -1
+    shape = spec["shape"][1:] if batched else spec["shape"]
+    # a batch-only tensor (top_class [B]): Triton wants dims [1] reshaped to a scalar per request
+    reshape = "\n    reshape: { shape: [ ] }" if batched and not shape else ""
+    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape or [1])
+    return (f'  {{\n    name: "{name}"\n    data_type: {TRITON_TYPES[spec["dtype"]]}\n    dims: [ {dims} ]'
+            f'{reshape}\n  }}')
+
+
+def model_config(name: str, platform: str, inputs: dict, outputs: dict, *, max_batch_size: int,
+                 preferred: tuple[int, ...], delay_us: int, instances: int, kind: str,
+                 manifest_json: str | None = None) -> str:
+    """config.pbtxt text (protobuf text format of Triton's ModelConfig); ``max_batch_size=0``: no batching."""
+    batched = max_batch_size > 0
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
+             "version_policy: { latest: { num_versions: 1 } }",
+             "input [\n" + ",\n".join(_tensor(n, s, batched) for n, s in inputs.items()) + "\n]",
+             "output [\n" + ",\n".join(_tensor(n, s, batched) for n, s in outputs.items()) + "\n]"]
+    if batched:
+        lines.append("dynamic_batching {\n  preferred_batch_size: [ " + ", ".join(map(str, preferred)) + " ]\n"
+                     f"  max_queue_delay_microseconds: {delay_us}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
+    if manifest_json is not None:
+        escaped = json.dumps(manifest_json)  # a JSON string literal is a valid protobuf text string
+        lines.append(f'parameters: {{\n  key: "promptcam.manifest"\n  value: {{ string_value: {escaped} }}\n}}')
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(
+    model_dir: Path, manifest: Manifest, repo: Path, options: TritonOptions = TritonOptions()
+) -> Path:
+    """Copy the exported model(s) into a versioned Triton repository with generated configs."""
+    cfg = manifest.config
+    inputs = {n: {**s, "shape": ["batch", *s["shape"][1:]]} for n, s in manifest.inputs.items()}
+    outputs = {n: {**s, "shape": ["batch", *s["shape"][1:]]} for n, s in manifest.outputs.items()}
+    fixed = manifest.inputs["pixels"]["shape"][0]
+    max_batch = fixed if isinstance(fixed, int) else options.max_batch_size
+    preferred = tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,)
+    common = dict(max_batch_size=max_batch, preferred=preferred, delay_us=options.max_queue_delay_us,
+                  instances=options.instances, manifest_json=manifest.to_json())
+    models = [(options.name, "onnxruntime_onnx", "model", "model.onnx", options.kind)]
+    if "engine" in manifest.files:
+        models.append((f"{options.name}_trt", "tensorrt_plan", "engine", "model.plan", "KIND_GPU"))
+    for name, platform, role, file_name, kind in models:
+        folder = repo / name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(manifest.file(model_dir, role), folder / "1" / file_name)
+        (folder / "config.pbtxt").write_text(model_config(name, platform, inputs, outputs, kind=kind, **common))
+    head = repo / f"{options.name}_trait_head"
+    (head / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(manifest.file(model_dir, "trait_head"), head / "1" / "model.onnx")
+    head_inputs = {"head_context": {"dtype": "float32", "shape": ["rows", cfg.num_heads, cfg.head_dim]},
+                   "class_index": {"dtype": "int64", "shape": ["rows"]}}
+    head_outputs = {"class_logit": {"dtype": "float32", "shape": ["rows"]}}
+    # the tail's rows are (class, blur set) candidates of one image, not a batch of requests: no batching
+    (head / "config.pbtxt").write_text(model_config(head.name, "onnxruntime_onnx", head_inputs, head_outputs,
+                                                    max_batch_size=0, preferred=(), delay_us=0, instances=1,
+                                                    kind="KIND_CPU"))
+    return repo

@@ -1,0 +1,103 @@
+"""``promptcam-train`` and ``promptcam-eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from promptcam.core.cli import run_cli
+from promptcam.models.registry import list_backbones
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="ImageFolder root (train/, val/).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (runs/NAME).")
+@click.option("--backbone", type=click.Choice(list_backbones()), default="dino_vitb16", show_default=True)
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local backbone weights (timm ViT).")
+@click.option("--pretrained", is_flag=True, help="timm pretrained weights (needs the timm cache or internet).")
+@click.option("--img-size", type=int, default=None, help="Override the backbone's input size.")
+@click.option("--epochs", type=int, default=130, show_default=True)
+@click.option("--warmup-epochs", type=int, default=20, show_default=True)
+@click.option("--lr", type=float, default=0.005, show_default=True)
+@click.option("--min-lr", type=float, default=1e-6, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=0.001, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--drop-path", type=float, default=0.1, show_default=True)
+@click.option("--prompt-dropout", type=float, default=0.1, show_default=True)
+@click.option("--val-split", type=float, default=None, help="Hold out this fraction of train/ when there is no val/.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Data-loading processes.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
+@click.option("--no-progress", is_flag=True)
+@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+def train(data: Path, out: Path, backbone: str, weights: Path | None, pretrained: bool, img_size: int | None,
+          epochs: int, warmup_epochs: int, lr: float, min_lr: float, momentum: float, weight_decay: float,
+          batch_size: int, drop_path: float, prompt_dropout: float, val_split: float | None, seed: int, workers: int,
+          resume: bool, amp: bool | None, no_progress: bool, verbose: bool) -> None:
+    """Train Prompt-CAM prompts + head on a frozen backbone (published recipe by default).
+
+    Multi-GPU / multi-process: torchrun --nproc_per_node N $(which promptcam-train) ...
+    """
+
+    def body() -> None:
+        from .loop import TrainOptions, train_promptcam
+
+        options = TrainOptions(
+            data=data, out=out, backbone=backbone, weights=weights, pretrained=pretrained, img_size=img_size,
+            epochs=epochs, warmup_epochs=warmup_epochs, lr=lr, min_lr=min_lr, momentum=momentum,
+            weight_decay=weight_decay, batch_size=batch_size, drop_path=drop_path, prompt_dropout=prompt_dropout,
+            val_split=val_split, seed=seed, workers=workers, resume=resume, amp=amp, progress=not no_progress)
+        result = train_promptcam(options, log=click.echo)
+        if result.best_epoch > 0:
+            click.echo(f"best val accuracy {result.best_accuracy:.2%} at epoch {result.best_epoch}: {result.best_path}")
+
+    run_cli(body, verbose=verbose)
+
+
+@click.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="model.pt or official checkpoint.")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="ImageFolder split (class folders), or a root with val/.")
+@click.option("--classes", type=click.Path(path_type=Path), default=None, help="Class names (official checkpoints).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write metrics.json + confusion.csv here.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+def evaluate(ckpt: Path, data: Path, classes: Path | None, out: Path | None, batch_size: int, workers: int,
+             verbose: bool) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset."""
+
+    def body() -> None:
+        import torch
+        from torch.utils.data import DataLoader
+
+        from promptcam.core.errors import ConfigError
+        from promptcam.models.checkpoint import load_model, read_class_names
+
+        from .data import ImageFolderData, find_classes, list_samples
+        from .evaluate import evaluate as run_eval
+
+        model = load_model(ckpt, class_names=read_class_names(classes) if classes else None)
+        split = data / "val" if (data / "val").is_dir() else data
+        folders = find_classes(split)
+        if [n for _, n in folders] != model.config.class_names:
+            raise ConfigError(f"{split}: class folders do not match the checkpoint's {model.num_classes} classes")
+        dataset = ImageFolderData(list_samples(split, [f for f, _ in folders]), model.config, train=False)
+        result = run_eval(model, DataLoader(dataset, batch_size=batch_size, num_workers=workers), torch.device("cpu"))
+        click.echo(f"accuracy {result.accuracy:.2%} on {len(dataset)} images")
+        for name, acc in zip(model.config.class_names, result.per_class_accuracy, strict=True):
+            click.echo(f"  {acc:7.2%}  {name}")
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.json").write_text(json.dumps({
+                "accuracy": result.accuracy, "loss": result.loss, "images": len(dataset),
+                "per_class_accuracy": dict(zip(model.config.class_names, result.per_class_accuracy, strict=True)),
+            }, indent=1))
+            result.write_confusion(out / "confusion.csv", model.config.class_names)
+            click.echo(f"wrote {out / 'metrics.json'} and {out / 'confusion.csv'}")
+
+    run_cli(body, verbose=verbose)

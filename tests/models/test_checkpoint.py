@@ -106,6 +106,16 @@ def test_shape_mismatch_is_named(tmp_path, official_sd) -> None:
         load_model(_write(tmp_path, official_sd))
 
 
+@pytest.mark.parametrize(("key", "shape"), [
+    ("pos_embed", (17,)), ("pos_embed", (1, 1, 64)), ("pos_embed", (1, 5, 32)), ("blocks.0.mlp.fc1.weight", (256,)),
+])
+def test_malformed_shapes_before_indexing_are_named(tmp_path, official_sd, key: str, shape: tuple) -> None:
+    """Shapes that would make config inference index out of range are a clear error, not an IndexError."""
+    official_sd[key] = torch.zeros(shape)
+    with pytest.raises(CheckpointError, match=f"'{key}' has shape"):
+        load_model(_write(tmp_path, official_sd))
+
+
 def test_prompt_layers_must_match_depth(tmp_path, official_sd) -> None:
     official_sd["vpt.prompt_embeddings"] = official_sd["vpt.prompt_embeddings"][:1]
     with pytest.raises(CheckpointError, match="prompt_embeddings' has 1 layers but the backbone has 2"):

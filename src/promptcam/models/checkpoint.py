@@ -143,10 +143,14 @@ def config_from_official_state_dict(
     if prompts.shape[0] != depth:
         raise CheckpointError(f"key 'vpt.prompt_embeddings' has {prompts.shape[0]} layers but the backbone has {depth}")
     pos = _require(state_dict, "pos_embed")
-    grid = math.isqrt(int(pos.shape[1]) - 1)
-    if pos.dim() != 3 or grid * grid != pos.shape[1] - 1:
-        raise CheckpointError(f"key 'pos_embed' has shape {tuple(pos.shape)}, expected [1, 1 + grid^2, D]")
+    # shape checks before any indexing: a malformed file is a clear error, never an IndexError
+    grid = math.isqrt(int(pos.shape[1]) - 1) if pos.dim() == 3 and pos.shape[1] >= 2 else 0
+    if grid == 0 or grid * grid != pos.shape[1] - 1 or pos.shape[2] != embed_dim:
+        raise CheckpointError(f"key 'pos_embed' has shape {tuple(pos.shape)}, expected [1, 1 + grid^2, {embed_dim}]")
     fc1 = _require(state_dict, "blocks.0.mlp.fc1.weight")
+    if fc1.dim() != 2 or fc1.shape[1] != embed_dim:
+        raise CheckpointError(f"key 'blocks.0.mlp.fc1.weight' has shape {tuple(fc1.shape)}, "
+                              f"expected [hidden, {embed_dim}]")
     num_classes = int(prompts.shape[1])
     layerscale = "blocks.0.ls1.gamma" in state_dict
     heads = num_heads or max(1, embed_dim // HEAD_DIM)

@@ -70,6 +70,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch's randomness: a pure function of the run's seed, the epoch and the rank."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+
+
 def build_datasets(options: TrainOptions, model_config_factory) -> tuple[ImageFolderData, ImageFolderData, list[str]]:  # noqa: ANN001
     data = Path(options.data)
     train_dir = data / "train" if (data / "train").is_dir() else data
@@ -124,9 +129,13 @@ def _train(options: TrainOptions, dist_info: DistInfo, log) -> TrainResult:  # n
 
     sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank, seed=options.seed) \
         if dist_info.enabled else None
+    # Every epoch draws its data order, augmentation and dropout from seeds derived from (seed, epoch,
+    # rank) alone, so a resumed run continues exactly as an uninterrupted one (workers are recreated per
+    # epoch for the same reason: persistent workers would carry their random streams across epochs).
+    order = torch.Generator()
     loader = DataLoader(train_set, batch_size=options.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=options.workers, drop_last=len(train_set) > options.batch_size,
-                        persistent_workers=options.workers > 0, generator=torch.Generator().manual_seed(options.seed))
+                        generator=order)
     val_loader = DataLoader(val_set, batch_size=max(32, options.batch_size), num_workers=options.workers)
     wrapped: torch.nn.Module = DistributedDataParallel(model) if dist_info.enabled else model
     steps_per_epoch = len(loader)
@@ -141,6 +150,8 @@ def _train(options: TrainOptions, dist_info: DistInfo, log) -> TrainResult:  # n
     for epoch in range(start_epoch, options.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        order.manual_seed(epoch_seed(options.seed, epoch))
+        torch.manual_seed(epoch_seed(options.seed, epoch, dist_info.rank))
         wrapped.train()
         started = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count

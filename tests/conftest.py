@@ -17,6 +17,14 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"cpu cores: {os.cpu_count()}"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``), every test of the trained demo model runs in one worker:
+    the model is trained once (minutes) while the other worker runs the rest of the suite."""
+    for item in items:
+        if "trained_world" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("trained_world"))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Project-format checkpoints of both tiny backbones."""

@@ -72,9 +72,17 @@ def test_trt_engine_matches_onnxruntime(tiny_checkpoints, tmp_path) -> None:
     result = run_cli("promptcam-export", "--ckpt", tiny_checkpoints["dino"], "--out", out, "--engine", "trt",
                      "--precision", "fp16", "--trt-batch", "1,4,8")
     assert result.returncode == 0, result.stderr
+    # the built plan was validated through TensorRTBackend against eager before it was written
+    assert "[validate-trt-engine" in result.stdout
+    engine = read_manifest(out).engine
+    assert engine["validation"]["engine"] == "trt" and engine["validation"]["passed"]
+    assert engine["validation"]["top_attention_max_abs_diff"] == 0
     trt_pred, cpu_pred = Predictor(out, "trt"), Predictor(out, "ort-cpu")
     pixels = random_pixels(4, trt_pred.config.img_size)
     got = trt_pred.backend.infer(pixels)
     want = cpu_pred.backend.infer(pixels)
     assert (got["logits"].argmax(-1) == want["logits"].argmax(-1)).all()
     assert np.abs(got["attention"] - want["attention"]).max() < 1e-2
+    with trt_pred:  # the backend frees its buffers and destroys its CUDA stream on exit
+        pass
+    assert trt_pred.backend.stream is None and not trt_pred.backend._buffers

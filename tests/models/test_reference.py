@@ -15,13 +15,17 @@ from promptcam.models.checkpoint import load_model
 
 
 def naive_forward(sd: dict[str, torch.Tensor], images: torch.Tensor, heads: int, eps: float = 1e-6,
-                  blur: dict[int, list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step by step, float64, from an official-layout state dict. ``blur``: class -> heads to blur."""
+                  blur: dict[int, list[int]] | None = None, act: str = "gelu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Step by step, float64, from an official-layout state dict. ``blur``: class -> heads to blur.
+
+    CLIP layout (BioCLIP): no patch bias, ``norm_pre`` (ln_pre) on [cls, patches] before the prompts
+    join, ``act="quick_gelu"``: x * sigmoid(1.702 x).
+    """
     sd = {k: v.double() for k, v in sd.items()}
     x = images.double()
     w = sd["patch_embed.proj.weight"]
     p = w.shape[-1]
-    x = torch.nn.functional.conv2d(x, w, sd["patch_embed.proj.bias"], stride=p)  # [B, D, g, g]
+    x = torch.nn.functional.conv2d(x, w, sd.get("patch_embed.proj.bias"), stride=p)  # [B, D, g, g]
     x = x.flatten(2).transpose(1, 2)  # [B, N, D]
     b, n, d = x.shape
     x = torch.cat([sd["cls_token"].expand(b, 1, d), x], dim=1) + sd["pos_embed"]
@@ -32,6 +36,9 @@ def naive_forward(sd: dict[str, torch.Tensor], images: torch.Tensor, heads: int,
         mu = t.mean(-1, keepdim=True)
         var = ((t - mu) ** 2).mean(-1, keepdim=True)
         return (t - mu) / torch.sqrt(var + eps) * sd[prefix + ".weight"] + sd[prefix + ".bias"]
+
+    if "norm_pre.weight" in sd:
+        x = ln(x, "norm_pre")
 
     attention = None
     for layer in range(depth):
@@ -60,7 +67,7 @@ def naive_forward(sd: dict[str, torch.Tensor], images: torch.Tensor, heads: int,
         x = x + out
         h = ln(x, pre + "norm2")
         h = h @ sd[pre + "mlp.fc1.weight"].T + sd[pre + "mlp.fc1.bias"]
-        h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
+        h = h * torch.sigmoid(1.702 * h) if act == "quick_gelu" else 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
         h = h @ sd[pre + "mlp.fc2.weight"].T + sd[pre + "mlp.fc2.bias"]
         if pre + "ls2.gamma" in sd:
             h = h * sd[pre + "ls2.gamma"]

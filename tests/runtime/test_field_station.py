@@ -46,9 +46,10 @@ def _rows(db: Path) -> list[dict]:
         con.close()
 
 
-def _start(model: Path, inbox: Path, db: Path, *extra: str) -> subprocess.Popen:
+def _start(model: Path, inbox: Path, db: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115 - the child owns it
     return subprocess.Popen([WATCH, str(inbox), "--model", str(model), "--db", str(db), "--engine", "ort-cpu",
-                             "--poll", "0.1", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--poll", "0.1", *extra], stdout=out, stderr=out, text=True)
 
 
 def _wait_for(predicate, timeout: float = 30.0, step: float = 0.05) -> bool:
@@ -122,12 +123,14 @@ def test_sigterm_drains_the_current_batch(tiny_export, tmp_path) -> None:
     inbox, db = tmp_path / "inbox", tmp_path / "results.sqlite"
     for i in range(6):
         _jpeg(inbox / f"{i}.jpg", i)
-    proc = _start(tiny_export, inbox, db, "--settle", "0.05", "--batch-size", "2", "--batch-delay", "1.5",
-                  "--no-events")
-    time.sleep(1.0)  # inside the first batch's pause, before its commit
+    log = tmp_path / "watch.log"
+    proc = _start(tiny_export, inbox, db, "--settle", "0.05", "--batch-size", "2", "--batch-delay", "3",
+                  "--no-events", log=log)
+    # the watcher says when a batch is read and waiting for its commit: signal it then
+    assert _wait_for(lambda: "committing in" in log.read_text(), timeout=60), log.read_text()
     assert _rows(db) == []
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    assert proc.wait(timeout=30) == 0, log.read_text()
     rows = _rows(db)
     assert len(rows) == 2, "the batch in flight is finished and committed, no new batch is started"
     again = _start(tiny_export, inbox, db, "--settle", "0.05", "--once", "--no-events")
@@ -142,9 +145,10 @@ def test_bad_files_become_failure_rows(tiny_export, tmp_path) -> None:
     (inbox / "truncated.jpg").write_bytes(good[:100])
     (inbox / "upload.jpg.part").write_bytes(good[:50])  # temp upload names are never taken
     heat = tmp_path / "heat"
+    # --incomplete-wait 0: a file that looks half-written is failed at once (no writer is coming back)
     result = run_cli("promptcam-watch", inbox, "--model", tiny_export, "--db", db, "--engine", "ort-cpu", "--settle",
                      "0.05", "--poll", "0.1", "--once", "--failed", failed, "--heatmaps", heat, "--jsonl",
-                     tmp_path / "log.jsonl")
+                     tmp_path / "log.jsonl", "--incomplete-wait", "0")
     assert result.returncode == 0, result.stderr
     rows = {r["file"]: r for r in _rows(db)}
     assert set(rows) == {"good.jpg", "zero.jpg", "truncated.jpg"}
@@ -156,7 +160,7 @@ def test_bad_files_become_failure_rows(tiny_export, tmp_path) -> None:
     # restart: nothing is classified twice, even though good.jpg is still in the inbox
     (inbox / "empty.jpg").write_bytes(b"")
     again = run_cli("promptcam-watch", inbox, "--model", tiny_export, "--db", db, "--engine", "ort-cpu", "--settle",
-                    "0.05", "--poll", "0.1", "--once", "--jsonl", tmp_path / "log2.jsonl")
+                    "0.05", "--poll", "0.1", "--once", "--jsonl", tmp_path / "log2.jsonl", "--incomplete-wait", "0")
     assert again.returncode == 0 and len(_rows(db)) == 4
     # a zero-byte file left in the inbox is recorded once, then known: later scans do not retry it
     assert again.stderr.count("empty.jpg: zero-byte file") == 1
@@ -242,6 +246,7 @@ class _FakeCapture:
     def __init__(self, opened: bool, frames: int, tag: int, hang: threading.Event | None = None) -> None:
         self.opened, self.frames, self.tag, self.hang = opened, frames, tag, hang
         self.released = False
+        self.reads = 0  # frames handed out, also written into each frame
 
     def isOpened(self) -> bool:  # noqa: N802
         return self.opened
@@ -253,7 +258,10 @@ class _FakeCapture:
             return False, None
         self.frames -= 1
         time.sleep(0.01)
-        return True, np.full((8, 8, 3), self.tag, np.uint8)
+        self.reads += 1
+        frame = np.full((8, 8, 3), self.tag, np.uint8)
+        frame[1, 0] = (self.reads >> 16, self.reads >> 8 & 255, self.reads & 255)
+        return True, frame
 
     def release(self) -> None:
         self.released = True
@@ -283,11 +291,14 @@ def test_reconnect_backoff_and_watchdog() -> None:
         assert tags >= {1, 2}, "frames before the hang and after the watchdog restart"
         assert reader.stats.failed_opens == 2 and reader.stats.restarts >= 1
         assert time.monotonic() - started < 10
-        # latest-frame semantics: a slow consumer gets the newest frame, not a backlog
+        # latest-frame semantics: a slow consumer (away for ~30 frames) gets the newest frame, not the
+        # oldest one it has not seen; the reader may be one frame behind the capture, never more
         time.sleep(0.3)
-        first = reader.stats.frames
-        reader.latest(timeout=1)
-        assert reader.stats.frames - first < 100
+        live = made[-1]
+        newest = live.reads
+        frame = reader.latest(timeout=1)[0]
+        number = int(frame[1, 0, 0]) << 16 | int(frame[1, 0, 1]) << 8 | int(frame[1, 0, 2])
+        assert int(frame[0, 0, 0]) == live.tag and number >= newest - 1, (number, newest)
     finally:
         reader.stop()
         hang.set()

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from helpers import random_pixels, run_cli
+from promptcam.core.manifest import read_manifest
 from promptcam.runtime import Predictor
 from promptcam.runtime.backends import has_nvidia_driver
 
@@ -40,6 +41,10 @@ def test_ort_cuda_fp16_export(tiny_checkpoints, tmp_path) -> None:
     out = tmp_path / "fp16"
     result = run_cli("promptcam-export", "--ckpt", tiny_checkpoints["dino"], "--out", out, "--precision", "fp16")
     assert result.returncode == 0, result.stderr
+    # an fp16 export for ONNX Runtime is validated on the engine it is for
+    validation = read_manifest(out).validation
+    assert validation["engine"] == "ort-cuda" and "CUDAExecutionProvider" in validation["provider"]
+    assert validation["passed"]
     cuda, cpu = Predictor(out, "ort-cuda"), Predictor(out, "ort-cpu")
     pixels = random_pixels(16, cuda.config.img_size, seed=4)
     got, want = cuda.backend.infer(pixels), cpu.backend.infer(pixels)

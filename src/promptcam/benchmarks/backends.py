@@ -16,9 +16,13 @@ from promptcam.models.preprocess import normalize_pixels
 from promptcam.models.promptcam import PromptCAM
 
 RunFn = Callable[[np.ndarray], np.ndarray]  # pixels -> logits (or features for plain-vit)
+QualityFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # pixels -> (logits, attention), not timed
 
-BACKENDS = ("eager-official", "eager", "ort-cpu-fp32", "ort-cpu-int8", "ort-cuda-fp32", "ort-cuda-fp16",
-            "ort-cuda-fp16-unfused", "trt-fp16", "plain-vit", "plain-vit-cuda")
+BACKENDS = ("eager-official", "eager", "eager-fp16", "eager-compile-fp16", "ort-cpu-fp32", "ort-cpu-int8",
+            "ort-cuda-fp32", "ort-cuda-fp16", "ort-cuda-fp16-graph", "ort-cuda-fp16-device", "ort-cuda-fp16-unfused",
+            "trt-fp16", "plain-vit", "plain-vit-cuda", "ort-cpu-fp32-device")
+# rows measured with PyTorch (--eager-batch limits their batch sizes: fp32 eager at batch 256 takes long)
+TORCH_BACKENDS = ("eager-official", "eager", "eager-fp16", "eager-compile-fp16")
 # the runtime engine that end-to-end and trait-ranking figures use: the fastest one that was built
 PRIMARY_ORDER = ("trt-fp16", "ort-cuda-fp16", "ort-cuda-fp32", "ort-cpu-fp32")
 
@@ -32,6 +36,9 @@ class BenchBackend:
     on_torch_cuda: bool = False  # GPU memory comes from torch's allocator, not device-wide growth
     model_dir: Path | None = None  # exported model directory and runtime engine (Predictor backends)
     engine: str | None = None
+    quality: QualityFn | None = None  # logits and attention maps, compared with eager float32 in every row
+    # (maps [B, C, heads, N] of every class, or [B, heads, N] of the predicted class)
+    first_call_s: dict[int, float] | None = None  # torch.compile rows: first call per batch size (compilation)
 
     @property
     def on_gpu(self) -> bool:
@@ -75,8 +82,14 @@ def _eager(name: str, model: PromptCAM, forward, description: str) -> BenchBacke
             torch.cuda.synchronize()
         return logits.float().cpu().numpy()
 
+    @torch.inference_mode()
+    def quality(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, attention = model(normalize_pixels(pixels, model.config).to(device), return_attention=True)
+        return logits.float().cpu().numpy(), attention.float().cpu().numpy()
+
+    # the official forward returns no maps; its row's attention numbers are the project model's
     return BenchBackend(name, run, f"PyTorch {torch.__version__} eager fp32, {_where(device)}: {description}",
-                        on_torch_cuda=device.type == "cuda")
+                        on_torch_cuda=device.type == "cuda", quality=quality)
 
 
 def eager_official(model: PromptCAM) -> BenchBackend:
@@ -96,10 +109,26 @@ def _export_dir(model_path: Path, work: Path, precision: str, *, engine: str | N
 
     out = work / (f"export-{precision}" + ("-trt" if engine else "") + (f"-{attention}" if attention else ""))
     if not (out / "manifest.json").is_file():
+        # int8: the search picks the plan and the gates are checked on the search's numbers; forced, so a
+        # model that misses them is still measured (its row says so) rather than silently left out
         export_model(ExportOptions(ckpt=model_path, out=out, precision=precision, validate=False, engine=engine,
-                                   attention=attention, trt_batch=BatchProfile(1, min(8, max_batch), max_batch)),
+                                   attention=attention, trt_batch=BatchProfile(1, min(8, max_batch), max_batch),
+                                   force=precision == "int8"),
                      log=lambda _: None)
     return out
+
+
+def int8_summary(model_dir: Path) -> str:
+    """The int8 plan and gate verdict of an export, for the backend description."""
+    import json
+
+    report_path = model_dir / "int8_report.json"
+    if not report_path.is_file():
+        return ""
+    report = json.loads(report_path.read_text())
+    verdict = "meets the gates" if report["final"]["passed"] else "MISSES the gates: " + "; ".join(
+        report["final"]["failed"])
+    return f"; {report['plan']}, {verdict}"
 
 
 def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch: int) -> BenchBackend:
@@ -128,8 +157,12 @@ def predictor_backend(name: str, ckpt: Path, work: Path, threads: int, max_batch
     def run(pixels: np.ndarray) -> np.ndarray:
         return predictor.backend.infer(pixels, outputs)["logits"]
 
-    return BenchBackend(name, run, f"{predictor.engine_description}; outputs {', '.join(outputs)}",
-                        model_dir=model_dir, engine=engine)
+    def quality(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        got = predictor.backend.infer(pixels, ("logits", "attention"))
+        return got["logits"], got["attention"]
+
+    return BenchBackend(name, run, f"{predictor.engine_description}; outputs {', '.join(outputs)}"
+                        + int8_summary(model_dir), model_dir=model_dir, engine=engine, quality=quality)
 
 
 def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBackend:
@@ -169,3 +202,46 @@ def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBac
     where = "CUDA" if cuda else "CPU"
     return BenchBackend(name, run, f"timm ViT without prompts, onnxruntime {ort.__version__} {where}",
                         comparable=False)
+
+
+def bound_backend(name: str, ckpt: Path, work: Path, threads: int) -> BenchBackend:
+    """``ort-cuda-fp16-graph``: CUDA graphs with IO binding at fixed shapes; ``ort-cuda-fp16-device``:
+    input and outputs bound to device buffers, only the logits copied to the host
+    (``OrtBackend.infer_on_device``). Both on the fp16 export; ``ort-cpu`` engine names
+    (``ort-cpu-fp32-device``) run the same binding code in host memory, for tests."""
+    from promptcam.runtime.backends.onnxruntime import OrtBackend
+    from promptcam.runtime.cuda import has_nvidia_driver
+
+    engine, precision, mode = name.rsplit("-", 2)
+    if engine != "ort-cpu" and not has_nvidia_driver():
+        raise Skipped("no NVIDIA GPU/driver on this machine")
+    outputs = ("logits", "top_class", "top_attention")
+    try:
+        model_dir = _export_dir(ckpt, work, precision)
+        backend = OrtBackend(model_dir / "model.onnx", engine, threads=threads, cuda_graph=mode == "graph")
+    except PromptCamError as exc:
+        raise Skipped(str(exc).splitlines()[0]) from None
+
+    if mode == "graph":
+        def infer(pixels: np.ndarray) -> dict[str, np.ndarray]:
+            return backend.infer(pixels, outputs)  # replays the graph captured for this batch size
+        what = "CUDA graph per batch size (enable_cuda_graph, gpu_graph_id), fixed IO buffers; outputs to host"
+    else:
+        def infer(pixels: np.ndarray) -> dict[str, np.ndarray]:
+            on_device = backend.infer_on_device(pixels, outputs)
+            # the answer goes to the host (and waits for the run); the maps stay on the device
+            return {"logits": on_device["logits"].numpy(), "top_attention_on_device": on_device["top_attention"]}
+        what = ("IO bound to device buffers (host memory on ort-cpu); logits copied to host, top_class/"
+                "top_attention left on the device")
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return infer(pixels)["logits"]
+
+    def quality(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # the timed path itself (the same captured graph or buffers), its maps fetched afterwards
+        got = infer(pixels)
+        maps = got["top_attention"] if mode == "graph" else got["top_attention_on_device"].numpy()
+        return got["logits"], maps
+
+    return BenchBackend(name, run, f"{backend.description}; {what}", model_dir=model_dir, engine=engine,
+                        quality=quality)

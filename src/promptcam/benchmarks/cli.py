@@ -31,6 +31,82 @@ def _bench_model(ckpt: Path | None, quick: bool, work: Path):  # noqa: ANN202
     return model.eval(), path
 
 
+def _weights_key(model: Any) -> str:
+    """A digest of the model's config and every tensor (checkpoint files are not byte-stable: pickling)."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(model.config).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _quality(backend: Any, pixels: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Agreement of a backend's answer and explanation with eager float32 on the same weights."""
+    from promptcam.export.validate import compare
+
+    if backend.quality is None:
+        return {}
+    logits, attention = backend.quality(pixels)
+    want = reference[1]
+    if attention.ndim == want.ndim - 1:  # the predicted class's maps only: against eager's maps of that class
+        want = want[np.arange(len(pixels)), logits.argmax(-1)]
+    lg = compare("logits", len(pixels), logits, reference[0])
+    at = compare("attention", len(pixels), attention, want)
+    return {"max_abs_diff": lg.max_abs_diff, "top1_agreement": lg.top1_agreement,
+            "attention_mean_correlation": at.mean_correlation, "attention_min_correlation": at.min_correlation}
+
+
+def _eager_maps(model: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eager float32 logits and attention maps, on whatever device the model is on."""
+    import torch
+
+    from promptcam.models.preprocess import normalize_pixels
+
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        logits, attention = model.eval()(normalize_pixels(pixels, model.config).to(device), return_attention=True)
+    return logits.float().cpu().numpy(), attention.float().cpu().numpy()
+
+
+def _real_scale_rows(model: Any, names: list[str], sizes: list[int], work: Path, threads: int,
+                     eager_p50: dict[int, float], echo: Any, **timing: Any) -> dict[str, Any]:
+    """The same architecture at the scale of trained checkpoints (logits ~±40): where int8 can fail."""
+    from promptcam.models.checkpoint import save_checkpoint
+
+    from .backends import Skipped, predictor_backend
+    from .checkpoints import real_scale_model, smooth_pixels
+    from .measure import time_backend
+
+    cfg = model.config
+    scaled = real_scale_model(cfg.arch, cfg.num_classes)
+    folder = work / "real_scale"
+    folder.mkdir(exist_ok=True)
+    path = save_checkpoint(scaled, folder / "real_scale.pt")
+    built, skipped = {}, {}
+    for name in names:
+        try:
+            built[name] = predictor_backend(name, path, folder, threads, max(sizes))
+        except Skipped as exc:
+            skipped[name] = str(exc)
+    rows = []
+    for batch in sizes:
+        # smooth images (the weights were scaled on others): uniform noise is far from photos
+        pixels = smooth_pixels(batch, cfg.img_size, seed=1000 + batch)
+        reference = _eager_maps(scaled, pixels)
+        for name, backend in built.items():
+            row = asdict(time_backend(name, backend.run, pixels, **timing)) | _quality(backend, pixels, reference)
+            if batch in eager_p50:  # same architecture and batch: eager speed does not depend on the weights
+                row["speedup_vs_eager_official"] = eager_p50[batch] / row["p50_ms"]
+            rows.append(row)
+            echo(f"  real-scale {name:<15} batch {batch:<3} p50 {row['p50_ms']:9.1f} ms  "
+                 f"top-1 {row['top1_agreement']:.0%}  attention corr worst {row['attention_min_correlation']:.4f}")
+    return {"model": f"{cfg.arch} {cfg.img_size}px, C={cfg.num_classes} (real-scale: every parameter perturbed, "
+                     f"max |logit| {float(np.abs(reference[0]).max()):.0f})",
+            "rows": rows, "backends": {n: b.description for n, b in built.items()}, "skipped": skipped}
+
+
 def _end_to_end(model_dir: Path, engine: str, pixels_per_second: float, batch: int, threads: int, work: Path,
                 count: int) -> dict[str, Any]:
     """Folder throughput of promptcam-run (decode + infer + write) vs pure inference."""
@@ -82,6 +158,18 @@ def _trait_cost(model_dir: Path, engine: str, threads: int, repeats: int = 5) ->
             "official_forward_passes_replaced": official_passes}
 
 
+def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict[str, Any]:
+    """One ORT profile of the first built ORT engine at ``batch``, summarised by op type into ``out``."""
+    from .profile import profile_model
+
+    source = next((built[n] for n in ("ort-cuda-fp16", "ort-cuda-fp32", "ort-cpu-fp32") if n in built), None)
+    if source is None:
+        return {"skipped": "no ORT engine among the built backends (ort-cuda-fp16, ort-cuda-fp32, ort-cpu-fp32)"}
+    paths = profile_model(source.model_dir / "model.onnx", source.engine, batch, out, threads=threads)
+    click.echo(f"profiled {source.name} at batch {batch}: {paths['markdown']}")
+    return {"backend": source.name, "batch": batch, "summary": paths["markdown"].name}
+
+
 @click.command()
 @click.option("--ckpt", type=click.Path(path_type=Path), default=None,
               help="Checkpoint to measure (default: random ViT-B/16 Prompt-CAM, C=200).")
@@ -94,10 +182,27 @@ def _trait_cost(model_dir: Path, engine: str, threads: int, repeats: int = 5) ->
 @click.option("--threads", type=int, default=None, help="Threads for torch and ORT (default: all cores).")
 @click.option("--e2e-images", type=int, default=64, show_default=True,
               help="Images for the folder measurement (0: off).")
+@click.option("--real-scale/--no-real-scale", default=True, show_default=True,
+              help="Also measure on a real-scale checkpoint of the same architecture (logits ~±40).")
+@click.option("--real-scale-backends", default="ort-cpu-fp32,ort-cpu-int8,ort-cuda-fp16,trt-fp16", show_default=True,
+              help="Backends measured on the real-scale checkpoint.")
+@click.option("--eager-batch", "eager_batches", default=None,
+              help="Batch sizes of the PyTorch rows (eager*), a subset of --batch (default: all of --batch).")
+@click.option("--peer-device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="Device of eager-fp16/eager-compile-fp16. cpu: autocast bfloat16, a code-path check only.")
+@click.option("--compile-backend", default="inductor", show_default=True,
+              help="torch.compile backend of eager-compile-fp16 ('eager': plumbing only, no compilation).")
+@click.option("--compile-mode", default=None, help="torch.compile mode of eager-compile-fp16 (default: torch's).")
+@click.option("--profile-batch", type=int, default=0, show_default=True,
+              help="Also profile the ORT engine at this batch: ort_profile_b<N>.md/json in OUT (0: off).")
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="Keep exports here and reuse them across runs (keyed by a digest of the weights).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: int, iters: int, seconds: float | None,
-         threads: int | None, e2e_images: int, out: Path, verbose: bool) -> None:
+         threads: int | None, e2e_images: int, real_scale: bool, real_scale_backends: str, eager_batches: str | None,
+         peer_device: str, compile_backend: str, compile_mode: str | None, profile_batch: int, work: Path | None,
+         out: Path, verbose: bool) -> None:
     """Measure every backend side by side; write bench.json, bench.md and bench.png to OUT."""
 
     def body() -> None:
@@ -105,20 +210,37 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
 
         from promptcam.runtime.backends.onnxruntime import default_threads
 
-        from .backends import PRIMARY_ORDER, Skipped, eager_official, eager_project, plain_vit, predictor_backend
+        from .backends import (
+            PRIMARY_ORDER,
+            TORCH_BACKENDS,
+            Skipped,
+            bound_backend,
+            eager_official,
+            eager_project,
+            plain_vit,
+            predictor_backend,
+        )
         from .measure import GpuMemory, machine_info, time_backend
-        from .report import write_reports
+        from .peers import eager_peer
+        from .report import TENSORRT_NOTE, write_reports
 
         n_threads = threads or default_threads()
         torch.set_num_threads(n_threads)
         sizes = [int(b) for b in batches.split(",")]
+        eager_sizes = sizes if eager_batches is None else [int(b) for b in eager_batches.split(",")]
+        if not set(eager_sizes) <= set(sizes):
+            raise click.BadParameter(f"--eager-batch {eager_sizes} must be a subset of --batch {sizes}")
         wanted = [b.strip() for b in backends.split(",") if b.strip()]
         unknown = set(wanted) - set(BACKENDS)
         if unknown:
             raise click.BadParameter(f"unknown backends {sorted(unknown)}; known: {', '.join(BACKENDS)}")
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            model, path = _bench_model(ckpt, quick, work)
+            work_dir = Path(tmp) if work is None else work
+            work_dir.mkdir(parents=True, exist_ok=True)
+            model, path = _bench_model(ckpt, quick, work_dir)
+            if work is not None:  # exports of other weights must never be reused
+                work_dir = work / _weights_key(model)
+                work_dir.mkdir(exist_ok=True)
             cfg = model.config
             label = f"{cfg.arch} {cfg.img_size}px, C={cfg.num_classes}" + (" (random weights)" if ckpt is None else "")
             click.echo(f"benchmarking {label}, batches {sizes}, {n_threads} threads")
@@ -131,10 +253,15 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                         built[name] = eager_official(model)
                     elif name == "eager":
                         built[name] = eager_project(model)
+                    elif name in ("eager-fp16", "eager-compile-fp16"):
+                        built[name] = eager_peer(name, model, device=peer_device, compile_mode=compile_mode,
+                                                 compile_backend=compile_backend if "compile" in name else None)
                     elif name in ("plain-vit", "plain-vit-cuda"):
                         built[name] = plain_vit(model, n_threads, cuda=name == "plain-vit-cuda")
+                    elif name.endswith(("-graph", "-device")):
+                        built[name] = bound_backend(name, path, work_dir, n_threads)
                     else:
-                        built[name] = predictor_backend(name, path, work, n_threads, max(sizes))
+                        built[name] = predictor_backend(name, path, work_dir, n_threads, max(sizes))
                 except Skipped as exc:
                     skipped[name] = str(exc)
                     click.echo(f"  skip {name}: {exc}")
@@ -144,14 +271,21 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
             for batch in sizes:
                 pixels = np.random.default_rng(batch).integers(0, 256, (batch, cfg.img_size, cfg.img_size, 3),
                                                                dtype=np.uint8)
-                reference = built["eager-official"].run(pixels) if "eager-official" in built else None
+                measured = {n: b for n, b in built.items() if n not in TORCH_BACKENDS or batch in eager_sizes}
+                reference = measured["eager-official"].run(pixels) if "eager-official" in measured else None
+                # answer and explanation of every row against eager float32 on the same weights
+                maps_reference = _eager_maps(model, pixels)
                 timings = {}
-                for name, backend in built.items():
+                for name, backend in measured.items():
                     before = gpu.used_mib() if gpu else 0.0
                     if gpu:
                         gpu.reset_torch_peak()
                     timing = time_backend(name, backend.run, pixels, warmup=warmup, iters=iters, seconds=seconds)
                     row = asdict(timing)
+                    if backend.first_call_s is not None and batch in backend.first_call_s:
+                        # torch.compile specialises on the batch size: its first call at a size compiles
+                        row["first_call_s"] = backend.first_call_s[batch]
+                        row["compile_s"] = max(0.0, row["first_call_s"] - timing.p50_ms / 1000)
                     if gpu:
                         # torch rows: the allocator's peak; ORT/TensorRT rows: device memory this backend took
                         gpu_growth[name] += gpu.used_mib() - before
@@ -160,6 +294,8 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                         logits = backend.run(pixels)
                         row["max_abs_diff"] = float(np.abs(logits - reference).max())
                         row["top1_agreement"] = float((logits.argmax(-1) == reference.argmax(-1)).mean())
+                    if backend.comparable:
+                        row |= _quality(backend, pixels, maps_reference)
                     timings[name] = row
                     click.echo(f"  {name:<15} batch {batch:<3} p50 {timing.p50_ms:9.1f} ms  "
                                f"{timing.images_per_second:8.1f} img/s")
@@ -173,7 +309,13 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                 rows += timings.values()
             result: dict[str, Any] = {"model": label, "threads": n_threads, "machine": machine_info(), "rows": rows,
                                       "backends": {name: b.description for name, b in built.items()},
-                                      "skipped": skipped}
+                                      "skipped": skipped, "tensorrt_note": TENSORRT_NOTE}
+            click.echo(f"note: {TENSORRT_NOTE}")
+            if real_scale:
+                eager_p50 = {r["batch"]: r["p50_ms"] for r in rows if r["backend"] == "eager-official"}
+                names = [n.strip() for n in real_scale_backends.split(",") if n.strip()]
+                result["real_scale"] = _real_scale_rows(model, names, sizes, work_dir, n_threads, eager_p50, click.echo,
+                                                        warmup=warmup, iters=iters, seconds=seconds)
             primary = next((built[n] for n in PRIMARY_ORDER if n in built), None)
             if primary is not None:
                 result["traits"] = _trait_cost(primary.model_dir, primary.engine, n_threads)
@@ -181,7 +323,9 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
                     best_batch = max(sizes)
                     pure = next(r for r in rows if r["backend"] == primary.name and r["batch"] == best_batch)
                     result["end_to_end"] = _end_to_end(primary.model_dir, primary.engine, pure["images_per_second"],
-                                                       best_batch, n_threads, work, e2e_images)
+                                                       best_batch, n_threads, work_dir, e2e_images)
+            if profile_batch:
+                result["profile"] = _profile(built, profile_batch, n_threads, out)
             paths = write_reports(result, out)
         click.echo(paths["markdown"].read_text())
         click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

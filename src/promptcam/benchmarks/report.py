@@ -6,6 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+# said in every report until a TensorRT run is committed: no TensorRT figure of this project is on record
+TENSORRT_NOTE = ("TensorRT: the TensorRT engine path (trt-fp16) has not been executed on record in this project "
+                 "(no GPU machine it has had carries TensorRT); it is tested only as far as a CPU can test it, and "
+                 "this report makes no TensorRT performance claim unless a trt-fp16 row appears in the table above.")
+
 
 def markdown(result: dict[str, Any]) -> str:
     on_gpu = any("gpu_mib" in row for row in result["rows"])
@@ -15,8 +20,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['machine']['onnxruntime']}; {result['threads']} threads. All rows measured side by side in "
              "one run.", "",
              "| backend | batch | p50 ms | p90 ms | p99 ms | img/s | peak RSS MiB" + (" | GPU MiB" if on_gpu else "")
-             + " | vs eager-official | vs plain-vit | max abs diff | top-1 agree |",
-             "| --- |" + " ---: |" * (11 if on_gpu else 10)]
+             + " | vs eager-official | vs plain-vit | max abs diff | top-1 agree | attention corr mean | worst map |",
+             "| --- |" + " ---: |" * (13 if on_gpu else 12)]
     def fmt(row: dict[str, Any], key: str, spec: str) -> str:
         value = row.get(key)
         return "–" if value is None else format(value, spec)
@@ -26,15 +31,42 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{row['p99_ms']:.1f} | {row['images_per_second']:.1f} | {row['peak_rss_mib']:.0f} | "
                      + (f"{fmt(row, 'gpu_mib', '.0f')} | " if on_gpu else "") +
                      f"{fmt(row, 'speedup_vs_eager_official', '.2f')}× | {fmt(row, 'cost_vs_plain_vit', '.2f')}× | "
-                     f"{fmt(row, 'max_abs_diff', '.1e')} | {fmt(row, 'top1_agreement', '.0%')} |")
+                     f"{fmt(row, 'max_abs_diff', '.1e')} | {fmt(row, 'top1_agreement', '.0%')} | "
+                     f"{fmt(row, 'attention_mean_correlation', '.4f')} | "
+                     f"{fmt(row, 'attention_min_correlation', '.4f')} |")
     if on_gpu:
         lines += ["", "GPU MiB: for PyTorch rows the caching allocator's peak during the measurement; for ONNX Runtime "
                   "and TensorRT rows the device memory the backend took (its build and every batch so far). "
                   "GPU rows' \"vs plain-vit\" is against plain-vit-cuda."]
+    scaled = result.get("real_scale")
+    if scaled:
+        lines += ["", f"## Real-scale weights: {scaled['model']}", "",
+                  "Quality depends on the weights: random initialisation flatters int8. Every row: agreement with "
+                  "eager float32 on the same weights; speed vs eager-official of the table above (same architecture "
+                  "and batch).", "",
+                  "| backend | batch | p50 ms | img/s | vs eager-official | max abs diff | top-1 agree "
+                  "| attention corr mean | worst map |", "| --- |" + " ---: |" * 8]
+        for row in scaled["rows"]:
+            lines.append(f"| {row['backend']} | {row['batch']} | {row['p50_ms']:.1f} | "
+                         f"{row['images_per_second']:.1f} | "
+                         f"{fmt(row, 'speedup_vs_eager_official', '.2f')}× | {fmt(row, 'max_abs_diff', '.1e')} | "
+                         f"{fmt(row, 'top1_agreement', '.0%')} | {fmt(row, 'attention_mean_correlation', '.4f')} | "
+                         f"{fmt(row, 'attention_min_correlation', '.4f')} |")
+        lines += [f"- {name}: {text}" for name, text in scaled["backends"].items()]
+        lines += [f"- skipped {name}: {reason}" for name, reason in scaled["skipped"].items()]
     if result.get("backends"):
         lines += ["", "Backends:"] + [f"- {name}: {text}" for name, text in result["backends"].items()]
     if result["skipped"]:
         lines += ["", "Skipped:"] + [f"- {name}: {reason}" for name, reason in result["skipped"].items()]
+    compiled = [row for row in result["rows"] if "compile_s" in row]
+    if compiled:
+        lines += ["", "torch.compile time (first call at each batch size minus a steady call; not in the timings):"]
+        lines += [f"- {row['backend']} batch {row['batch']}: {row['compile_s']:.1f} s" for row in compiled]
+    if result.get("profile"):
+        profile = result["profile"]
+        lines += ["", "ORT profile: " + (f"skipped: {profile['skipped']}" if "skipped" in profile else
+                                         f"{profile['backend']} at batch {profile['batch']}, see {profile['summary']}")]
+    lines += ["", result.get("tensorrt_note", TENSORRT_NOTE)]
     for key, title in (("end_to_end", "End to end (promptcam-run on a folder)"), ("traits", "Trait ranking")):
         if result.get(key):
             lines += ["", f"{title}:"] + [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}"

@@ -14,6 +14,8 @@ from .errors import ConfigError
 # Official Prompt-CAM preprocessing: Resize((224, 224)) bilinear, mean = std = 0.5.
 OFFICIAL_MEAN = (0.5, 0.5, 0.5)
 OFFICIAL_STD = (0.5, 0.5, 0.5)
+INTERPOLATIONS = ("bilinear", "area", "bicubic")
+ACTIVATIONS = ("gelu", "quick_gelu")
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -39,7 +41,10 @@ class ModelConfig:
         norm_eps: LayerNorm epsilon.
         mean: Per-channel RGB mean applied after scaling pixels to [0, 1].
         std: Per-channel RGB std.
-        interpolation: How images are resized to ``img_size`` (``bilinear`` or ``area``).
+        interpolation: How images are resized to ``img_size`` (``bilinear``, ``area`` or ``bicubic``).
+        pre_norm: A LayerNorm on the embedded tokens before the first block (CLIP's ``ln_pre``); the
+            patch embedding then has no bias. Prompts enter after it.
+        act: MLP activation, ``gelu`` (exact, erf) or ``quick_gelu`` (``x * sigmoid(1.702 x)``, OpenAI CLIP).
     """
 
     arch: str
@@ -56,6 +61,8 @@ class ModelConfig:
     mean: tuple[float, float, float] = OFFICIAL_MEAN
     std: tuple[float, float, float] = OFFICIAL_STD
     interpolation: str = "bilinear"
+    pre_norm: bool = False
+    act: str = "gelu"
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
@@ -81,8 +88,10 @@ class ModelConfig:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"mean/std must be 3 values with std > 0, got {self.mean}/{self.std}")
-        if self.interpolation not in ("bilinear", "area"):
-            raise ConfigError(f"interpolation must be 'bilinear' or 'area', got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
 
     @property
     def grid_size(self) -> int:

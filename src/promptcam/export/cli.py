@@ -24,6 +24,18 @@ from promptcam.core.cli import run_cli
               help="Images for static int8 calibration and validation.")
 @click.option("--int8-mode", type=click.Choice(["dynamic", "static"]), default=None,
               help="int8 quantisation (default: static with --calib, else dynamic; --calib images still validate).")
+@click.option("--gate-top1", type=float, default=0.99, show_default=True,
+              help="int8: minimum top-1 agreement with float32 on the validation images.")
+@click.option("--gate-attention-mean", type=float, default=0.99, show_default=True,
+              help="int8: minimum mean correlation of the attention maps with float32.")
+@click.option("--gate-attention-min", type=float, default=0.9, show_default=True,
+              help="int8: minimum correlation of the worst single (image, class, head) attention map.")
+@click.option("--int8-search/--no-int8-search", default=True, show_default=True,
+              help="int8: keep the most sensitive blocks in float32 until the gates pass (int8_report.md).")
+@click.option("--int8-budget", type=float, default=240.0, show_default=True,
+              help="int8: seconds after which the search starts no new trial.")
+@click.option("--force", is_flag=True,
+              help="int8: write the model even if it misses the gates (recorded in the manifest, warned at load).")
 @click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
               help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
 @click.option("--attention", type=click.Choice(["auto", "fused", "onnx"]), default="auto", show_default=True,
@@ -37,13 +49,15 @@ from promptcam.core.cli import run_cli
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
-         validate: bool, calib: Path | None, int8_mode: str | None, engine: str, attention: str, trt_batch: str,
-         triton_repo: Path | None, triton_kind: str, timing_cache: Path | None, verbose: bool) -> None:
+         validate: bool, calib: Path | None, int8_mode: str | None, gate_top1: float, gate_attention_mean: float,
+         gate_attention_min: float, int8_search: bool, int8_budget: float, force: bool, engine: str, attention: str,
+         trt_batch: str, triton_repo: Path | None, triton_kind: str, timing_cache: Path | None, verbose: bool) -> None:
     """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
 
     def body() -> None:
         from promptcam.core.errors import ExportError
 
+        from .gates import Int8Gates
         from .passes import ExportOptions, export_model
         from .tensorrt import BatchProfile
 
@@ -52,7 +66,8 @@ def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, ops
         options = ExportOptions(
             ckpt=ckpt, out=out or ckpt.parent / f"{ckpt.stem}_export", classes=classes, precision=precision,
             opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
-            int8_mode=int8_mode,
+            int8_mode=int8_mode, int8_gates=Int8Gates(gate_top1, gate_attention_mean, gate_attention_min),
+            int8_search=int8_search, int8_budget_s=int8_budget, force=force,
             engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
             attention=None if attention == "auto" else attention,
             timing_cache=timing_cache, triton_repo=triton_repo, triton_kind=f"KIND_{triton_kind.upper()}",

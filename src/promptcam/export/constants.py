@@ -1,7 +1,8 @@
 """Fold everything image-independent out of the Prompt-CAM forward (the ``fold-prompt-constants`` pass).
 
 The prompts do not depend on the image, so per block their keys and values are constants; in the
-last block the prompt queries and the prompt-to-prompt scores are constants too. LayerScale and
+last block the prompt queries and the prompt-to-prompt scores are constants too. CLIP's ``ln_pre``
+(``norm_pre``) acts on the image tokens before the prompts join, so it stays in the graph. LayerScale and
 the attention scale fold into the adjacent weights, and pixel normalisation folds into the patch
 embedding. Everything is computed in float64 and stored as float32 numpy arrays.
 """
@@ -43,7 +44,7 @@ class FoldedWeights:
 
     config: ModelConfig
     patch_w: np.ndarray  # [D, 3, p, p], takes raw 0..255 RGB
-    patch_b: np.ndarray
+    patch_b: np.ndarray  # [D]; CLIP has no patch bias, but the folded normalisation gives one
     cls_pos: np.ndarray  # [1, 1, D] = cls_token + pos_embed[0]
     patch_pos: np.ndarray  # [N, D]
     blocks: list[BlockWeights]
@@ -55,6 +56,8 @@ class FoldedWeights:
     head_w: np.ndarray  # [D, 1]
     head_b: np.ndarray  # [1]
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    pre_norm_w: np.ndarray | None = None  # CLIP's ln_pre over [cls, patches]; None without pre_norm
+    pre_norm_b: np.ndarray | None = None
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -88,7 +91,9 @@ def fold_prompt_constants(model: PromptCAM) -> FoldedWeights:
     # pixels in 0..255: normalised = p * a_c + b_c with a_c = 1 / (255 std_c), b_c = -mean_c / std_c
     mean, std = np.asarray(cfg.mean), np.asarray(cfg.std)
     a, b = 1.0 / (255.0 * std), -mean / std
-    conv_w, conv_b = _np(model.patch_embed.proj.weight), _np(model.patch_embed.proj.bias)
+    conv_w = _np(model.patch_embed.proj.weight)
+    bias = model.patch_embed.proj.bias  # None for CLIP (pre_norm) backbones
+    conv_b = _np(bias) if bias is not None else np.zeros(conv_w.shape[0])
     patch_w = conv_w * a[None, :, None, None]
     patch_b = conv_b + (conv_w * b[None, :, None, None]).sum(axis=(1, 2, 3))
     pos = _np(model.pos_embed)[0]
@@ -127,4 +132,6 @@ def fold_prompt_constants(model: PromptCAM) -> FoldedWeights:
         last_prompt_tokens=_f32(prompts[-1]),
         norm_w=_f32(_np(model.norm.weight)), norm_b=_f32(_np(model.norm.bias)),
         head_w=_f32(_np(model.head.weight).T), head_b=_f32(_np(model.head.bias)),
+        pre_norm_w=_f32(_np(model.norm_pre.weight)) if cfg.pre_norm else None,
+        pre_norm_b=_f32(_np(model.norm_pre.bias)) if cfg.pre_norm else None,
     )

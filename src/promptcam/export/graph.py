@@ -5,15 +5,7 @@ block computes only the C prompt rows (cls/patch outputs are unused) with consta
 and prompt-to-prompt scores. Cost is therefore a plain ViT plus C extra keys per block plus the
 C-row tail -- not the 2x of pushing C prompts through every layer.
 
-Graph interface:
-    pixels        uint8   [B, H, W, 3]  RGB, already resized to the model size
-    logits        float32 [B, C]
-    attention     float32 [B, C, heads, N]  last block, prompt c -> patches (not renormalised)
-    head_context  float32 [B, C, heads, hd]  per-head attention output of each prompt row
-    value_mean    float32 [B, heads, hd]     mean value over all C+1+N keys (= a blurred row's output)
-    top_class         int64   [B]            argmax of logits (first index on ties)
-    top_attention     float32 [B, heads, N]  attention of the top class
-    top_head_context  float32 [B, heads, hd] head_context of the top class
+Its inputs and outputs (names, dtypes, shapes) are declared once, in ``promptcam.core.iospec``.
 
 ``head_context`` and ``value_mean`` let the runtime rank trait heads with the tiny
 ``trait_head`` graph instead of re-running the backbone. The ``top_*`` outputs are what
@@ -30,11 +22,39 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from promptcam.core.iospec import (
+    ATTENTION,
+    CLASS_INDEX,
+    CLASS_LOGIT,
+    HEAD_CONTEXT,
+    LOGITS,
+    PIXELS,
+    TOP_ATTENTION,
+    TOP_CLASS,
+    TOP_HEAD_CONTEXT,
+    VALUE_MEAN,
+    GraphSpec,
+    TensorSpec,
+    model_io,
+    trait_head_io,
+)
+
 from .constants import BlockWeights, FoldedWeights
 from .onnx_builder import GraphBuilder
 
 SQRT_TWO = math.sqrt(2.0)
-OUTPUT_NAMES = ("logits", "attention", "head_context", "value_mean", "top_class", "top_attention", "top_head_context")
+QUICK_GELU_ALPHA = 1.702  # OpenAI CLIP's QuickGELU: x * sigmoid(1.702 x)
+
+
+def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+    return helper.make_tensor_value_info(spec.name, elem_type, list(spec.shape))
+
+
+def _model(g: GraphBuilder, name: str, spec: GraphSpec, metadata: dict[str, str] | None) -> onnx.ModelProto:
+    """The graph with the inputs and outputs the IO spec declares."""
+    return g.model(name, [_value_info(t) for t in spec.inputs], [_value_info(t) for t in spec.outputs],
+                   metadata=metadata)
 
 
 def _layer_norm(g: GraphBuilder, x: str, w: np.ndarray, b: np.ndarray, eps: float) -> str:
@@ -56,10 +76,19 @@ def _gelu(g: GraphBuilder, x: str) -> str:
                         g.weight("half", np.array(0.5))])
 
 
-def _mlp_residual(g: GraphBuilder, x: str, blk: BlockWeights, eps: float) -> str:
+def _quick_gelu(g: GraphBuilder, x: str) -> str:
+    # the pattern ORT's QuickGelu fusion matches: Mul(x, Sigmoid(Mul(x, alpha)))
+    return g.op("Mul", [x, g.op("Sigmoid", [g.op("Mul", [x, g.weight("alpha", np.array(QUICK_GELU_ALPHA))])])])
+
+
+def _activation(g: GraphBuilder, x: str, act: str) -> str:
+    return _quick_gelu(g, x) if act == "quick_gelu" else _gelu(g, x)
+
+
+def _mlp_residual(g: GraphBuilder, x: str, blk: BlockWeights, cfg) -> str:
     with g.scope("mlp"):
-        h = _layer_norm(g, x, blk.norm2_w, blk.norm2_b, eps)
-        h = _linear(g, _gelu(g, _linear(g, h, blk.fc1_w, blk.fc1_b)), blk.fc2_w, blk.fc2_b)
+        h = _layer_norm(g, x, blk.norm2_w, blk.norm2_b, cfg.norm_eps)
+        h = _linear(g, _activation(g, _linear(g, h, blk.fc1_w, blk.fc1_b), cfg.act), blk.fc2_w, blk.fc2_b)
         return g.op("Add", [x, g.to_fp32(h)])
 
 
@@ -124,7 +153,7 @@ def _image_block(g: GraphBuilder, x: str, blk: BlockWeights, cfg, bhcd_shape: st
         else:
             ctx = _explicit_attention(g, qkv, blk, cfg, bhcd_shape)
         x = g.op("Add", [x, g.to_fp32(_linear(g, ctx, blk.proj_w, blk.proj_b))])
-    return _mlp_residual(g, x, blk, cfg.norm_eps)
+    return _mlp_residual(g, x, blk, cfg)
 
 
 def prompt_tail(g: GraphBuilder, context: str, prompt_tokens: str, blk: BlockWeights, fw: FoldedWeights) -> str:
@@ -136,7 +165,7 @@ def prompt_tail(g: GraphBuilder, context: str, prompt_tokens: str, blk: BlockWei
     """
     cfg = fw.config
     x = g.op("Add", [prompt_tokens, g.to_fp32(_linear(g, context, blk.proj_w, blk.proj_b))])
-    x = _mlp_residual(g, x, blk, cfg.norm_eps)
+    x = _mlp_residual(g, x, blk, cfg)
     with g.scope("head"):
         y = g.op("LayerNormalization", [x, g.weight("norm_w", fw.norm_w, keep_fp32=True),
                                         g.weight("norm_b", fw.norm_b, keep_fp32=True)],
@@ -170,11 +199,11 @@ def build_promptcam_graph(
         The ONNX model.
     """
     cfg = fw.config
-    c, heads, hd, d, size = cfg.num_classes, cfg.num_heads, cfg.head_dim, cfg.embed_dim, cfg.img_size
+    c, heads, hd, d = cfg.num_classes, cfg.num_heads, cfg.head_dim, cfg.embed_dim
     g = GraphBuilder(compute_dtype, opset)
 
     with g.scope("embed"):
-        pixels = g.op("Cast", ["pixels"], to=TensorProto.FLOAT)
+        pixels = g.op("Cast", [PIXELS], to=TensorProto.FLOAT)
         pixels = g.to_compute(g.op("Transpose", [pixels], perm=[0, 3, 1, 2]))
         # normalisation is folded into the convolution weights
         patches = g.op("Conv", [pixels, g.weight("patch_w", fw.patch_w), g.weight("patch_b", fw.patch_b)],
@@ -182,10 +211,14 @@ def build_promptcam_graph(
         patches = g.op("Transpose", [g.op("Reshape", [g.to_fp32(patches), g.ints("shape", [0, d, -1])])],
                        perm=[0, 2, 1])
         patches = g.op("Add", [patches, g.weight("patch_pos", fw.patch_pos, keep_fp32=True)])
-        batch = g.op("Shape", ["pixels"], start=0, end=1)
+        batch = g.op("Shape", [PIXELS], start=0, end=1)
         cls = g.op("Expand", [g.weight("cls_pos", fw.cls_pos, keep_fp32=True),
                               g.op("Concat", [batch, g.ints("one_d", [1, d])], axis=0)])
         x = g.op("Concat", [cls, patches], axis=1)  # [B, 1 + N, D], float32 residual stream
+        if fw.pre_norm_w is not None:  # CLIP's ln_pre, before the prompts join; stays float32
+            x = g.op("LayerNormalization", [x, g.weight("pre_norm_w", fw.pre_norm_w, keep_fp32=True),
+                                            g.weight("pre_norm_b", fw.pre_norm_b, keep_fp32=True)],
+                     axis=-1, epsilon=cfg.norm_eps)
         bhcd_shape = g.op("Concat", [batch, g.ints("hcd", [heads, c, hd])], axis=0)
         bcd_shape = g.op("Concat", [batch, g.ints("cd", [c, d])], axis=0) if fused_attention else None
 
@@ -208,50 +241,33 @@ def build_promptcam_graph(
         probs = g.op("Softmax", [scores], axis=-1)  # float32 [B, heads, C, C + 1 + N]
         patch_probs = g.op("Slice", [probs, g.ints("start", [c + 1]), g.ints("end", [c + 1 + cfg.num_patches]),
                                      g.ints("axis", [3])])
-        g.rename(g.op("Transpose", [patch_probs], perm=[0, 2, 1, 3]), "attention")
+        g.rename(g.op("Transpose", [patch_probs], perm=[0, 2, 1, 3]), ATTENTION)
         ctx = g.op("Transpose", [g.op("MatMul", [g.to_compute(probs), values])], perm=[0, 2, 1, 3])
-        g.rename(g.to_fp32(ctx), "head_context")  # [B, C, heads, hd]
-        g.rename(g.to_fp32(g.reduce_mean(values, 2)), "value_mean")
+        g.rename(g.to_fp32(ctx), HEAD_CONTEXT)  # [B, C, heads, hd]
+        g.rename(g.to_fp32(g.reduce_mean(values, 2)), VALUE_MEAN)
         ctx = g.op("Reshape", [ctx, g.ints("shape", [0, c, d])])
         tokens = g.weight("prompt_tokens", fw.last_prompt_tokens, keep_fp32=True)
-        logits = g.rename(prompt_tail(g, ctx, tokens, blk, fw), "logits")
+        logits = g.rename(prompt_tail(g, ctx, tokens, blk, fw), LOGITS)
 
-    with g.scope("top_class"):
-        top = g.rename(g.op("ArgMax", [logits], axis=1, keepdims=0), "top_class")
-        g.rename(_gather_class(g, "attention", top, batch, [heads, cfg.num_patches]), "top_attention")
-        g.rename(_gather_class(g, "head_context", top, batch, [heads, hd]), "top_head_context")
-
-    f32 = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", size, size, 3])]
-    outputs = [
-        helper.make_tensor_value_info("logits", f32, ["batch", c]),
-        helper.make_tensor_value_info("attention", f32, ["batch", c, heads, cfg.num_patches]),
-        helper.make_tensor_value_info("head_context", f32, ["batch", c, heads, hd]),
-        helper.make_tensor_value_info("value_mean", f32, ["batch", heads, hd]),
-        helper.make_tensor_value_info("top_class", TensorProto.INT64, ["batch"]),
-        helper.make_tensor_value_info("top_attention", f32, ["batch", heads, cfg.num_patches]),
-        helper.make_tensor_value_info("top_head_context", f32, ["batch", heads, hd]),
-    ]
-    return g.model("promptcam", inputs, outputs, metadata=metadata)
+    with g.scope(TOP_CLASS):
+        top = g.rename(g.op("ArgMax", [logits], axis=1, keepdims=0), TOP_CLASS)
+        g.rename(_gather_class(g, ATTENTION, top, batch, [heads, cfg.num_patches]), TOP_ATTENTION)
+        g.rename(_gather_class(g, HEAD_CONTEXT, top, batch, [heads, hd]), TOP_HEAD_CONTEXT)
+    return _model(g, "promptcam", model_io(cfg), metadata)
 
 
 def build_trait_head_graph(fw: FoldedWeights, *, opset: int = 17,
                            metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """The last block's prompt-row tail alone: (head_context, class_index) -> class logit.
 
-    Inputs: ``head_context`` float32 [M, heads, hd] (rows of the main graph's output, some heads
-    replaced by ``value_mean`` to blur them) and ``class_index`` int64 [M]. Output ``class_logit`` [M].
+    Inputs (``iospec.trait_head_io``): head-context rows of the main graph's output, some heads
+    replaced by ``value_mean`` to blur them, and the class of each row; output: that class's logit.
     Always float32: it is tiny and decides the trait ranking.
     """
     cfg = fw.config
     g = GraphBuilder(np.dtype(np.float32), opset)
     with g.scope("trait_head"):
-        ctx = g.op("Reshape", ["head_context", g.ints("shape", [0, cfg.embed_dim])])
-        tokens = g.op("Gather", [g.weight("prompt_tokens", fw.last_prompt_tokens), "class_index"], axis=0)
-        g.rename(prompt_tail(g, ctx, tokens, fw.blocks[-1], fw), "class_logit")
-    inputs = [
-        helper.make_tensor_value_info("head_context", TensorProto.FLOAT, ["rows", cfg.num_heads, cfg.head_dim]),
-        helper.make_tensor_value_info("class_index", TensorProto.INT64, ["rows"]),
-    ]
-    outputs = [helper.make_tensor_value_info("class_logit", TensorProto.FLOAT, ["rows"])]
-    return g.model("promptcam_trait_head", inputs, outputs, metadata=metadata)
+        ctx = g.op("Reshape", [HEAD_CONTEXT, g.ints("shape", [0, cfg.embed_dim])])
+        tokens = g.op("Gather", [g.weight("prompt_tokens", fw.last_prompt_tokens), CLASS_INDEX], axis=0)
+        g.rename(prompt_tail(g, ctx, tokens, fw.blocks[-1], fw), CLASS_LOGIT)
+    return _model(g, "promptcam_trait_head", trait_head_io(cfg), metadata)

@@ -1,14 +1,18 @@
 """The exporter as an ordered list of named passes (Polygraphy style).
 
 load-checkpoint -> fold-prompt-constants -> build-graph -> [quantize-int8] -> validate
--> write-model-dir -> [build-trt-engine]
+-> write-model-dir -> [build-trt-engine -> validate-trt-engine -> write-trt-engine] -> [write-triton-repo]
 
-Each pass is small, logs its name, seconds and output size, and can be run on its own in tests.
+Each pass is small, logs its name, seconds and output size, and can be run on its own: build an
+``ExportContext`` and call the passes in order (``run_passes``); a pass whose input is missing
+says which pass produces it. Validation runs the graph through the runtime's own backend on the
+engine the export is for (ORT CUDA for an fp16 export where a GPU is, the built TensorRT plan).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -21,16 +25,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from promptcam.core.errors import ExportError, ImageError, ValidationError
+from promptcam.core.atomic import atomic_write_with
+from promptcam.core.errors import BackendUnavailableError, ExportError, ImageError, ValidationError
+from promptcam.core.iospec import BATCH_DIM, model_io, shape_mismatches, trait_head_io
 from promptcam.core.manifest import METADATA_KEY, Manifest
 from promptcam.models.checkpoint import file_sha256, load_model, read_class_names
 from promptcam.models.promptcam import PromptCAM
+from promptcam.runtime.backends.base import Backend
+from promptcam.runtime.backends.onnxruntime import OrtBackend
+from promptcam.runtime.cuda import has_nvidia_driver
 from promptcam.runtime.images import iter_image_files, read_image, resize_for_model
 
 from .constants import FoldedWeights, fold_prompt_constants
+from .gates import Int8Gates
 from .graph import build_promptcam_graph, build_trait_head_graph
 from .tensorrt import BatchProfile, build_engine
-from .validate import AGREEMENT_WARNING, FP32_LOGIT_TOLERANCE, OutputCheck, summarize, validate_session
+from .validate import AGREEMENT_WARNING, FP32_TOLERANCE, OutputCheck, fit_batches, summarize, validate_backend
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ATTENTION_KINDS = ("fused", "onnx")
@@ -53,6 +63,10 @@ class ExportOptions:
     calib: Path | None = None
     calib_limit: int = 64
     int8_mode: str | None = None  # "dynamic" | "static"; default: static when --calib is given
+    int8_gates: Int8Gates = field(default_factory=Int8Gates)  # an int8 export below these writes nothing
+    force: bool = False  # write an int8 export that misses its gates, recorded in the manifest
+    int8_search: bool = True  # keep the most sensitive blocks fp32 until the gates pass
+    int8_budget_s: float = 240.0  # no new int8 search trial starts after this
     engine: str | None = None  # None or "trt"
     trt_batch: BatchProfile = field(default_factory=BatchProfile)
     timing_cache: Path | None = None
@@ -109,16 +123,29 @@ class ExportContext:
     graph: onnx.ModelProto | None = None
     trait_head: onnx.ModelProto | None = None
     int8_mode: str | None = None
+    int8_report: dict[str, Any] | None = None  # the int8 search's plan and trials
     calibration: list[np.ndarray] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
     manifest: Manifest | None = None
+    engine_plan: Path | None = None  # a built TensorRT plan, not yet validated and moved into place
+    engine_info: dict[str, Any] | None = None
+    engine_validation: dict[str, Any] = field(default_factory=dict)
     records: list[PassRecord] = field(default_factory=list)
 
     def require(self, attr: str) -> Any:
+        """``attr`` of the context, or a clear ``ExportError`` naming the pass that produces it."""
         value = getattr(self, attr)
         if value is None:
-            raise ExportError(f"pass order: {attr!r} is not available yet")
+            producer = PRODUCED_BY.get(attr)
+            raise ExportError(f"pass order: {attr!r} is not available yet"
+                              + (f"; run the {producer!r} pass first" if producer else ""))
         return value
+
+
+# which pass fills which context field (for the pass-order error)
+PRODUCED_BY = {"model": "load-checkpoint", "folded": "fold-prompt-constants", "graph": "build-graph",
+               "trait_head": "build-graph", "manifest": "write-model-dir", "engine_plan": "build-trt-engine",
+               "engine_info": "build-trt-engine"}
 
 
 class ExportPass(ABC):
@@ -185,41 +212,62 @@ class QuantizeInt8(ExportPass):
     name = "quantize-int8"
 
     def run(self, ctx: ExportContext) -> str:
-        from .quantize import quantize_int8
+        from .quantize import quantize_pass
 
-        graph = ctx.require("graph")
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(graph, str(src))
-            static = ctx.options.int8_mode == "static"
-            ctx.int8_mode = quantize_int8(src, dst, depth=ctx.require("model").config.depth,
-                                          calibration=ctx.calibration if static else None)
-            ctx.graph = onnx.load(str(dst))
-        return f"{ctx.int8_mode} int8, last block fp32: {_size(ctx.graph)}"
+        return quantize_pass(ctx, validation_batches(ctx)) + f": {_size(ctx.graph)}"
+
+
+class CheckInt8Gates(ExportPass):
+    """Top-1 and attention agreement of the int8 graph with float32: below the gates nothing is
+    written (``ValidationError``), unless ``force``, which the manifest records."""
+
+    name = "int8-gates"
+
+    def run(self, ctx: ExportContext) -> str:
+        from .quantize import gates_pass
+
+        return gates_pass(ctx)
+
+
+class WriteInt8Report(ExportPass):
+    name = "write-int8-report"
+
+    def run(self, ctx: ExportContext) -> str:
+        from .quantize import write_report_pass
+
+        return write_report_pass(ctx)
 
 
 class Validate(ExportPass):
+    """The exported graph through the runtime's ORT backend, on the engine the export is for, vs eager.
+
+    Args:
+        engine: Force a runtime engine (``ort-cpu``, ``ort-cuda``); None: ``validation_engine`` picks.
+    """
+
     name = "validate"
 
+    def __init__(self, engine: str | None = None) -> None:
+        self.engine = engine
+
     def run(self, ctx: ExportContext) -> str:
-        opts, model = ctx.options, ctx.require("model")
-        session = cpu_session(ctx.require("graph").SerializeToString())
-        trait_head = cpu_session(ctx.require("trait_head").SerializeToString())
-        checks = validate_session(session, trait_head, model, validation_batches(ctx))
-        for check in checks:
-            ctx.log("    " + check.line())
-        ctx.validation = {**summarize(checks), "precision": opts.precision, "provider": "CPUExecutionProvider"}
-        failures = failed_checks(checks, opts.precision)
-        if failures:
-            raise ValidationError(
-                f"exported graph disagrees with eager PyTorch beyond tolerance ({FP32_LOGIT_TOLERANCE:g} on fp32 "
-                "logits); nothing was written:\n  " + "\n  ".join(c.line() for c in failures))
-        agreement = ctx.validation["top1_agreement"]
-        if agreement is not None and agreement < AGREEMENT_WARNING:
-            ctx.log(f"WARNING: {opts.precision} top-1 agreement with fp32 eager is {agreement:.1%} "
-                    f"(< {AGREEMENT_WARNING:.0%}); check accuracy on your own validation images")
-        return (f"logits max_abs={ctx.validation['logits_max_abs_diff']:.2e}, top1 agreement="
-                f"{agreement:.1%}, attention corr>={ctx.validation['attention_min_correlation']:.4f}")
+        opts = ctx.options
+        graph = ctx.require("graph").SerializeToString()
+        engine, why = (self.engine, "asked for") if self.engine else validation_engine(opts)
+        try:
+            backend = OrtBackend(graph, engine, fp16=opts.precision == "fp16")
+        except BackendUnavailableError as exc:
+            if self.engine or engine == "ort-cpu":
+                raise
+            ctx.log(f"WARNING: cannot validate on {engine} ({exc}); validating on ort-cpu instead")
+            engine, why = "ort-cpu", f"{engine} could not start"
+            backend = OrtBackend(graph, engine)
+        with backend:
+            ctx.validation = check_against_eager(ctx, backend, f"{engine} ({why})")
+        ctx.validation |= {"engine": engine, "provider": backend.description}
+        return (f"{engine}: logits max_abs={ctx.validation['logits_max_abs_diff']:.2e}, top1 agreement="
+                f"{ctx.validation['top1_agreement']:.1%}, attention corr>="
+                f"{ctx.validation['attention_min_correlation']:.4f}")
 
 
 class WriteModelDir(ExportPass):
@@ -229,46 +277,80 @@ class WriteModelDir(ExportPass):
         opts, model = ctx.options, ctx.require("model")
         graph, trait_head = ctx.require("graph"), ctx.require("trait_head")
         opts.out.mkdir(parents=True, exist_ok=True)
-        batch: Any = opts.batch or "batch"
         cfg = model.config
+        inputs, outputs = model_io(cfg, opts.batch or BATCH_DIM).to_manifest()
+        head_inputs, head_outputs = trait_head_io(cfg).to_manifest()
         ctx.manifest = Manifest(
             config=cfg, precision=opts.precision,
             files={"model": MODEL_FILE, "trait_head": TRAIT_HEAD_FILE},
-            inputs={"pixels": {"dtype": "uint8", "shape": [batch, cfg.img_size, cfg.img_size, 3],
-                               "layout": "NHWC RGB"}},
-            outputs={
-                "logits": {"dtype": "float32", "shape": [batch, cfg.num_classes]},
-                "attention": {"dtype": "float32", "shape": [batch, cfg.num_classes, cfg.num_heads, cfg.num_patches]},
-                "head_context": {"dtype": "float32", "shape": [batch, cfg.num_classes, cfg.num_heads, cfg.head_dim]},
-                "value_mean": {"dtype": "float32", "shape": [batch, cfg.num_heads, cfg.head_dim]},
-                "top_class": {"dtype": "int64", "shape": [batch]},
-                "top_attention": {"dtype": "float32", "shape": [batch, cfg.num_heads, cfg.num_patches]},
-                "top_head_context": {"dtype": "float32", "shape": [batch, cfg.num_heads, cfg.head_dim]},
-            },
+            inputs=inputs, outputs=outputs, trait_head_io={"inputs": head_inputs, "outputs": head_outputs},
             source={"checkpoint": str(opts.ckpt), "sha256": file_sha256(opts.ckpt)},
             exporter=exporter_versions(opts.opset) | {"int8_mode": ctx.int8_mode, "attention": opts.attention},
             validation=ctx.validation,
         )
         for proto, name in ((graph, MODEL_FILE), (trait_head, TRAIT_HEAD_FILE)):
             set_metadata(proto, ctx.manifest)
-            tmp = opts.out / (name + ".tmp")
-            onnx.save(proto, str(tmp))
-            tmp.replace(opts.out / name)
+            atomic_write_with(opts.out / name, lambda tmp, proto=proto: onnx.save(proto, str(tmp)))
         ctx.manifest.write(opts.out)
         return f"{opts.out}/{MODEL_FILE} ({(opts.out / MODEL_FILE).stat().st_size / 2**20:.1f} MiB), manifest.json"
 
 
 class BuildTensorRTEngine(ExportPass):
+    """Builds the plan beside the model under a temporary name; ``write-trt-engine`` moves it into place."""
+
     name = "build-trt-engine"
 
     def run(self, ctx: ExportContext) -> str:
         opts, manifest = ctx.options, ctx.require("manifest")
-        info = build_engine(opts.out / MODEL_FILE, opts.out / ENGINE_FILE, img_size=manifest.config.img_size,
-                            profile=opts.trt_batch, timing_cache=opts.timing_cache or opts.out / "timing.cache")
-        manifest.engine = info | {"precision": opts.precision}
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".plan", dir=opts.out)
+        os.close(fd)
+        plan = Path(tmp)
+        try:
+            info = build_engine(opts.out / MODEL_FILE, plan, img_size=manifest.config.img_size,
+                                profile=opts.trt_batch, timing_cache=opts.timing_cache or opts.out / "timing.cache")
+        except BaseException:
+            plan.unlink(missing_ok=True)
+            raise
+        ctx.engine_plan, ctx.engine_info = plan, info | {"precision": opts.precision}
+        return f"{plan.stat().st_size / 2**20:.1f} MiB plan: TensorRT {info['tensorrt_version']} on {info['gpu_name']}"
+
+
+class ValidateTensorRTEngine(ExportPass):
+    """The built plan through the runtime's ``TensorRTBackend`` vs eager, with the ``validate`` gates.
+
+    A failing plan is deleted: the model directory keeps the validated ONNX model and no engine.
+    """
+
+    name = "validate-trt-engine"
+
+    def run(self, ctx: ExportContext) -> str:
+        from promptcam.runtime.backends.tensorrt import TensorRTBackend
+
+        plan, info = ctx.require("engine_plan"), ctx.require("engine_info")
+        try:
+            with TensorRTBackend(plan, info) as backend:
+                ctx.engine_validation = check_against_eager(
+                    ctx, backend, "trt (the built plan)", "the engine was deleted; the validated ONNX model stays")
+        except BaseException:
+            plan.unlink(missing_ok=True)
+            ctx.engine_plan = None
+            raise
+        ctx.engine_validation["engine"] = "trt"
+        return (f"logits max_abs={ctx.engine_validation['logits_max_abs_diff']:.2e}, top1 agreement="
+                f"{ctx.engine_validation['top1_agreement']:.1%}")
+
+
+class WriteTensorRTEngine(ExportPass):
+    name = "write-trt-engine"
+
+    def run(self, ctx: ExportContext) -> str:
+        opts, manifest = ctx.options, ctx.require("manifest")
+        os.replace(ctx.require("engine_plan"), opts.out / ENGINE_FILE)
+        ctx.engine_plan = None
+        manifest.engine = ctx.require("engine_info") | {"validation": ctx.engine_validation}
         manifest.files["engine"] = ENGINE_FILE
         manifest.write(opts.out)
-        return f"{opts.out}/{ENGINE_FILE}: TensorRT {info['tensorrt_version']} on {info['gpu_name']}"
+        return f"{opts.out}/{ENGINE_FILE}, manifest.json"
 
 
 class WriteTritonRepo(ExportPass):
@@ -289,9 +371,16 @@ def default_passes(options: ExportOptions) -> list[ExportPass]:
         passes.append(QuantizeInt8())
     if options.validate:
         passes.append(Validate())
+    if options.precision == "int8":
+        passes.append(CheckInt8Gates())
     passes.append(WriteModelDir())
+    if options.precision == "int8":
+        passes.append(WriteInt8Report())
     if options.engine == "trt":
         passes.append(BuildTensorRTEngine())
+        if options.validate:
+            passes.append(ValidateTensorRTEngine())
+        passes.append(WriteTensorRTEngine())
     if options.triton_repo is not None:
         passes.append(WriteTritonRepo())
     return passes
@@ -299,8 +388,12 @@ def default_passes(options: ExportOptions) -> list[ExportPass]:
 
 def export_model(options: ExportOptions, log: Callable[[str], None] = print) -> ExportContext:
     """Run every pass; returns the context (manifest, validation numbers, pass records)."""
-    ctx = ExportContext(options=options, log=log)
-    for export_pass in default_passes(options):
+    return run_passes(ExportContext(options=options, log=log), default_passes(options))
+
+
+def run_passes(ctx: ExportContext, passes: list[ExportPass]) -> ExportContext:
+    """Run ``passes`` in order on ``ctx`` (a test may run a few, or one, on a context it built)."""
+    for export_pass in passes:
         export_pass(ctx)
     return ctx
 
@@ -312,13 +405,65 @@ def cpu_session(model: bytes | str) -> ort.InferenceSession:
 
 
 def failed_checks(checks: list[OutputCheck], precision: str) -> list[OutputCheck]:
-    """fp32 must match eager; reduced precisions are reported and warned about, not failed. The
-    top-class outputs are slices of the graph's own outputs and must match them exactly in any precision."""
-    inexact_slices = [c for c in checks if c.output.startswith("top_") and c.max_abs_diff > 0]
-    if precision != "fp32":
-        return inexact_slices
-    return inexact_slices + [c for c in checks if c.output in ("logits", "trait_head")
-                             and c.max_abs_diff > FP32_LOGIT_TOLERANCE]
+    """The checks that fail their gate (``validate.tolerance_factor``): fp32 logits, attention and trait
+    head beyond ``validate.FP32_FACTORS`` of their scale; top-class outputs that are not exact slices of
+    the graph's own outputs, in any precision. Reduced precisions are otherwise reported and warned about."""
+    return [c for c in checks if c.passed is False]
+
+
+def validation_engine(options: ExportOptions, *, cuda: bool | None = None) -> tuple[str, str]:
+    """The runtime engine an export's ONNX graph is validated on, and why.
+
+    Args:
+        options: The export's options (precision and target engine decide).
+        cuda: Whether ORT's CUDA provider and an NVIDIA driver are here (None: look).
+
+    Returns:
+        ``(engine, reason)``: ``ort-cuda`` for an fp16 export for ONNX Runtime where a GPU is,
+        else ``ort-cpu`` (a TensorRT export's plan is validated after it is built).
+    """
+    if options.precision == "fp16" and options.engine is None:
+        if cuda is None:
+            cuda = "CUDAExecutionProvider" in ort.get_available_providers() and has_nvidia_driver()
+        if cuda:
+            return "ort-cuda", "an fp16 export runs on ONNX Runtime CUDA"
+        return "ort-cpu", "no CUDA GPU here: the fp16 graph is checked on the CPU provider"
+    if options.engine == "trt":
+        return "ort-cpu", "the graph TensorRT builds from; the plan is validated once built"
+    return "ort-cpu", f"{options.precision} reference on the CPU provider"
+
+
+def check_against_eager(ctx: ExportContext, backend: Backend, what: str,
+                        consequence: str = "nothing was written") -> dict[str, Any]:
+    """Validate ``backend`` against the eager model on the validation batches; raise if a gate fails.
+
+    Logs one PASSED/FAILED line per output and batch; returns the numbers for the manifest.
+    ``consequence`` ends the error message (what the failure left on disk).
+    """
+    opts, model = ctx.options, ctx.require("model")
+    layout = shape_mismatches(model_io(model.config), backend.tensors())
+    if layout:
+        raise ValidationError(f"{what}: the graph's tensors differ from the IO spec: " + "; ".join(layout))
+    batches = fit_batches(validation_batches(ctx), backend.min_batch, backend.max_batch)
+    if not batches:
+        raise ValidationError(f"{what}: no validation batch fits batch sizes {backend.min_batch}..{backend.max_batch}")
+    trait_head = cpu_session(ctx.require("trait_head").SerializeToString())
+    checks = validate_backend(backend, trait_head, model, batches, opts.precision)
+    ctx.log(f"    validating on {what}")
+    for check in checks:
+        ctx.log("    " + check.line())
+    failures = failed_checks(checks, opts.precision)
+    if failures:
+        raise ValidationError(
+            f"exported graph on {what} disagrees with eager PyTorch beyond tolerance (fp32: max_abs <= "
+            f"{FP32_TOLERANCE:g} x max(1, max|reference|) on logits; top-class outputs: exact slices); {consequence}:"
+            "\n  " + "\n  ".join(c.line() for c in failures))
+    summary = summarize(checks) | {"precision": opts.precision}
+    agreement = summary["top1_agreement"]
+    if agreement is not None and agreement < AGREEMENT_WARNING:
+        ctx.log(f"WARNING: {opts.precision} top-1 agreement with fp32 eager is {agreement:.1%} "
+                f"(< {AGREEMENT_WARNING:.0%}); check accuracy on your own validation images")
+    return summary
 
 
 def fix_batch(model: onnx.ModelProto, batch: int) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from promptcam.core.errors import ExportError
+from promptcam.core.iospec import PIXELS
 from promptcam.runtime.cuda import gpu_info, import_tensorrt
 
 
@@ -63,7 +64,7 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape("pixels", *profile.shapes(img_size))
+    opt_profile.set_shape(PIXELS, *profile.shapes(img_size))
     config.add_optimization_profile(opt_profile)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)

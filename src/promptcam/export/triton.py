@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptcam.core.errors import ExportError
-from promptcam.core.manifest import Manifest
+from promptcam.core.iospec import PIXELS, model_io, trait_head_io
+from promptcam.core.manifest import METADATA_KEY, Manifest
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 
@@ -64,7 +65,7 @@ def model_config(name: str, platform: str, inputs: dict, outputs: dict, *, max_b
     lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
     if manifest_json is not None:
         escaped = json.dumps(manifest_json)  # a JSON string literal is a valid protobuf text string
-        lines.append(f'parameters: {{\n  key: "promptcam.manifest"\n  value: {{ string_value: {escaped} }}\n}}')
+        lines.append(f'parameters: {{\n  key: "{METADATA_KEY}"\n  value: {{ string_value: {escaped} }}\n}}')
     return "\n".join(lines) + "\n"
 
 
@@ -73,9 +74,9 @@ def write_triton_repo(
 ) -> Path:
     """Copy the exported model(s) into a versioned Triton repository with generated configs."""
     cfg = manifest.config
-    inputs = {n: {**s, "shape": ["batch", *s["shape"][1:]]} for n, s in manifest.inputs.items()}
-    outputs = {n: {**s, "shape": ["batch", *s["shape"][1:]]} for n, s in manifest.outputs.items()}
-    fixed = manifest.inputs["pixels"]["shape"][0]
+    # Triton's batch dimension is implicit: declare the tensors with a symbolic batch
+    inputs, outputs = model_io(cfg).to_manifest()
+    fixed = manifest.inputs.get(PIXELS, {}).get("shape", [None])[0]
     max_batch = fixed if isinstance(fixed, int) else options.max_batch_size
     preferred = tuple(b for b in options.preferred_batch_sizes if b <= max_batch) or (max_batch,)
     common = dict(max_batch_size=max_batch, preferred=preferred, delay_us=options.max_queue_delay_us,
@@ -91,9 +92,7 @@ def write_triton_repo(
     head = repo / f"{options.name}_trait_head"
     (head / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(manifest.file(model_dir, "trait_head"), head / "1" / "model.onnx")
-    head_inputs = {"head_context": {"dtype": "float32", "shape": ["rows", cfg.num_heads, cfg.head_dim]},
-                   "class_index": {"dtype": "int64", "shape": ["rows"]}}
-    head_outputs = {"class_logit": {"dtype": "float32", "shape": ["rows"]}}
+    head_inputs, head_outputs = trait_head_io(cfg).to_manifest()
     # the tail's rows are (class, blur set) candidates of one image, not a batch of requests: no batching
     (head / "config.pbtxt").write_text(model_config(head.name, "onnxruntime_onnx", head_inputs, head_outputs,
                                                     max_batch_size=0, preferred=(), delay_us=0, instances=1,

@@ -55,7 +55,9 @@ def clean_class_name(raw: str) -> str:
     return name.replace("_", " ").strip() or raw.strip()
 
 
-def _torch_load(path: Path) -> Any:
+def read_torch_file(path: Path) -> Any:
+    """``torch.load`` (weights only, CPU) with one clear ``CheckpointError`` for missing, empty and
+    unreadable (truncated, not PyTorch) files."""
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.is_dir():
@@ -88,7 +90,7 @@ def load_checkpoint(
         The config and the state dict, not yet checked against the model.
     """
     path = Path(path)
-    blob = _torch_load(path)
+    blob = read_torch_file(path)
     if not isinstance(blob, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(blob).__name__}")
     if blob.get("format") == FORMAT_NAME:
@@ -151,6 +153,11 @@ def config_from_official_state_dict(
     if fc1.dim() != 2 or fc1.shape[1] != embed_dim:
         raise CheckpointError(f"key 'blocks.0.mlp.fc1.weight' has shape {tuple(fc1.shape)}, "
                               f"expected [hidden, {embed_dim}]")
+    if "norm_pre.weight" in state_dict:
+        # fail closed: activation, LayerNorm eps and preprocessing of a CLIP backbone are not in the weights
+        raise CheckpointError("a CLIP-style backbone (norm_pre / ln_pre): the official format cannot say its "
+                              "activation or preprocessing; train with --backbone bioclip_vitb16 --weights "
+                              "OPEN_CLIP_FILE instead")
     num_classes = int(prompts.shape[1])
     layerscale = "blocks.0.ls1.gamma" in state_dict
     heads = num_heads or max(1, embed_dim // HEAD_DIM)

@@ -5,6 +5,8 @@ Forward semantics (published method, reference code):
   final LayerNorm; a shared ``Linear(D, 1)`` scores each class's prompt -> logits [B, C].
   The explanation of class c is the last block's softmax attention row of prompt c over the
   patch columns (not renormalised): attention [B, C, heads, N].
+CLIP-style backbones (``config.pre_norm``, BioCLIP) LayerNorm the embedded tokens (``ln_pre``,
+key ``norm_pre``) before the first block; the prompts enter after it, as for DINO.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from timm.layers import QuickGELU
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from promptcam.core.config import ModelConfig
 
 LAYERSCALE_INIT = 1e-5  # DINOv2's LayerScale init; real values come from the weights
+ACTIVATION_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 class DeepPrompts(nn.Module):
@@ -42,11 +46,14 @@ class PromptCAM(nn.Module):
             depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=True,
             init_values=LAYERSCALE_INIT if config.layerscale else None, num_classes=0,
             norm_layer=partial(nn.LayerNorm, eps=config.norm_eps), drop_path_rate=drop_path_rate,
+            # pre_norm: CLIP's ln_pre, and timm then builds the patch embedding without a bias as CLIP does
+            pre_norm=config.pre_norm, act_layer=ACTIVATION_LAYERS[config.act],
         )
         # Adopt the backbone's modules directly so keys read cls_token, blocks.0.attn.qkv.weight, ...
         self.patch_embed = vit.patch_embed
         self.cls_token = vit.cls_token
         self.pos_embed = vit.pos_embed
+        self.norm_pre = vit.norm_pre  # Identity (no keys) unless config.pre_norm
         self.blocks = vit.blocks
         self.norm = vit.norm
         self.vpt = DeepPrompts(config.depth, config.num_classes, config.embed_dim)
@@ -68,10 +75,11 @@ class PromptCAM(nn.Module):
             p.requires_grad_(False)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images [B, 3, H, W] -> tokens [B, 1 + N, D] (cls first, pos_embed added)."""
+        """Normalised images [B, 3, H, W] -> tokens [B, 1 + N, D] (cls first, pos_embed added, then
+        ``norm_pre`` for CLIP backbones): what the first block sees after the prompts."""
         x = self.patch_embed(images)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1) + self.pos_embed
+        return self.norm_pre(torch.cat([cls, x], dim=1) + self.pos_embed)
 
     def forward(
         self,

@@ -2,55 +2,93 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from promptcam.core.cli import run_cli
+from promptcam.core.cli import grouped_command, option_group, run_cli, verbose_option
 
-from .backends import ENGINES
+from .options import explain_options, given, model_options
+
+FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress")
+STREAM_OPTIONS = ("every", "on_motion", "db", "max_frames", "duration", "stall_timeout")
+RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
 
 
-@click.command()
+@grouped_command()
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
-              help="Model directory written by promptcam-export.")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--workers", type=int, default=4, show_default=True, help="Decoding threads.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("promptcam_results"),
-              show_default=True, help="Folder for results.json (MegaDetector 1.6), results.csv, results.jsonl.")
-@click.option("--top-k", type=int, default=5, show_default=True)
-@click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Write heatmap overlays here.")
-@click.option("--class", "explain_class", default=None, help="Explain this class instead of the predicted one.")
-@click.option("--traits", type=int, default=0, show_default=True, help="Rank trait heads and keep K (0: off).")
-@click.option("--checkpoint-every", type=int, default=256, show_default=True, help="fsync the journal every N images.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-@click.option("--overwrite", is_flag=True, help="Start over even if --out holds a previous run.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--source", default=None,
-              help="Camera stream instead of files: rtsp://..., /dev/video0, 0 (USB index) or a video file.")
-@click.option("--every", default="5s", show_default=True, help="Stream sampling: every N seconds (5s) or frames (10f).")
-@click.option("--on-motion", is_flag=True, help="Stream: only classify frames with motion (frame difference).")
-@click.option("--db", type=click.Path(path_type=Path), default=None,
-              help="Stream: SQLite results (default OUT/results.sqlite).")
-@click.option("--max-frames", type=int, default=None, help="Stream: stop after N classified frames.")
-@click.option("--duration", type=float, default=None, help="Stream: stop after N seconds.")
-@click.option("--ray", "use_ray", is_flag=True, help="Spread the run over a Ray cluster (the 'ray' extra).")
-@click.option("--ray-address", default=None, help="Ray cluster address ('auto' joins a running one; default local).")
-@click.option("--ray-actors", type=int, default=2, show_default=True, help="Predictor actors.")
-@click.option("--ray-gpus-per-actor", type=float, default=0.0, show_default=True)
-@click.option("--parquet", is_flag=True, help="Also write results.parquet (needs pyarrow).")
-@click.option("--stall-timeout", type=float, default=15.0, show_default=True,
-              help="Stream: restart the capture after this many seconds without a frame.")
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
-def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int, workers: int, threads: int | None,
-         out_dir: Path, top_k: int, heatmaps: Path | None, explain_class: str | None, traits: int,
-         checkpoint_every: int, resume: bool, overwrite: bool, no_progress: bool, source: str | None, every: str,
-         on_motion: bool, db: Path | None, max_frames: int | None, duration: float | None, use_ray: bool,
-         ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float, parquet: bool, stall_timeout: float,
+@model_options
+@explain_options
+@option_group(
+    "Classes and explanations",
+    click.option("--class", "explain_class", default=None, help="Explain this class instead of the predicted one."),
+    click.option("--compare", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Files: beside each heatmap, NAME.compare.jpg with the maps of the K most probable classes, "
+                      "each with its name and probability (and the --class one, 'why this class and not that "
+                      "one'); needs --heatmaps. 0: off."),
+)
+@option_group(
+    "Output",
+    click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("promptcam_results"),
+                 show_default=True, help="Folder for results.json (MegaDetector 1.6), results.csv, results.jsonl."),
+    click.option("--overwrite", is_flag=True, help="Start over even if --out holds a previous run."),
+    click.option("--parquet", is_flag=True, help="Also write results.parquet (needs pyarrow)."),
+)
+@option_group(
+    "Files mode (INPUTS: folders, list files, images)",
+    click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Decoding threads."),
+    click.option("--checkpoint-every", type=click.IntRange(min=1), default=256, show_default=True,
+                 help="fsync the journal every N images."),
+    click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
+    click.option("--no-progress", is_flag=True, help="No progress bar."),
+)
+@option_group(
+    "Stream mode (--source)",
+    click.option("--source", default=None,
+                 help="Camera stream instead of files: rtsp://..., /dev/video0, 0 (USB index) or a video file."),
+    click.option("--every", default="5s", show_default=True, help="Sample every N seconds (5s) or frames (10f)."),
+    click.option("--on-motion", is_flag=True, help="Only classify frames with motion (frame difference)."),
+    click.option("--db", type=click.Path(path_type=Path), default=None,
+                 help="SQLite results (default OUT/results.sqlite)."),
+    click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N classified frames."),
+    click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after N seconds."),
+    click.option("--stall-timeout", type=click.FloatRange(min=0), default=15.0, show_default=True,
+                 help="Restart the capture after this many seconds without a frame."),
+)
+@option_group(
+    "Ray mode (--ray: files over a Ray cluster, the 'ray' extra)",
+    click.option("--ray", "use_ray", is_flag=True, help="Spread the run over a Ray cluster."),
+    click.option("--ray-address", default=None, help="Cluster address ('auto' joins a running one; default local)."),
+    click.option("--ray-actors", type=click.IntRange(min=1), default=2, show_default=True, help="Predictor actors."),
+    click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True),
+)
+@option_group(
+    "Detections (MegaDetector batch JSON)",
+    click.option("--detections", "detections_file", type=click.Path(path_type=Path), default=None,
+                 help="Classify the crops of this detector file's boxes (MegaDetector batch output 1.x) instead of "
+                      "whole frames; results.json is that file with classifications added."),
+    click.option("--det-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+                 help="Classify detections at or above this confidence."),
+    click.option("--det-categories", default="animal", show_default=True,
+                 help="Detection categories to classify, comma-separated names or ids."),
+    click.option("--detections-root", type=click.Path(path_type=Path), default=None,
+                 help="Folder the detector file's relative paths start from (default: each input folder)."),
+)
+@option_group(
+    "Decoding",
+    click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+                 help="JPEG decoding: cpu (OpenCV, DCT-reduced to the size needed) or gpu (nvImageCodec, the "
+                      "'gpu-decode' extra, with --engine ort-cuda)."),
+)
+@verbose_option
+@click.pass_context
+def main(ctx: click.Context, inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int,
+         threads: int | None, top_k: int, traits: int, heatmaps: Path | None, explain_class: str | None, compare: int,
+         out_dir: Path, overwrite: bool, parquet: bool, workers: int, checkpoint_every: int, resume: bool,
+         no_progress: bool, source: str | None, every: str, on_motion: bool, db: Path | None,
+         max_frames: int | None, duration: float | None, stall_timeout: float, use_ray: bool,
+         ray_address: str | None, ray_actors: int, ray_gpus_per_actor: float, detections_file: Path | None,
+         det_threshold: float, det_categories: str, detections_root: Path | None, decode: str,
          verbose: bool) -> None:
     """Classify INPUTS (folders, list files, images) or a camera --source; write results and heatmaps."""
 
@@ -59,21 +97,29 @@ def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int
 
         from .pipeline import RunOptions, run_files
         from .predictor import Predictor
+        from .results import DEFAULT_FORMATS
 
-        if source is not None and inputs:
-            raise PromptCamError("give either --source or file inputs, not both")
-        if source is None and not inputs:
-            raise PromptCamError("no inputs: give image folders, list files or images (or --source)")
-        if batch_size < 1 or top_k < 1 or traits < 0:
-            raise PromptCamError("--batch-size and --top-k must be >= 1 and --traits >= 0")
+        check_mode(ctx, inputs, source, use_ray)
+        if compare and (heatmaps is None or use_ray or source is not None or detections_file is not None):
+            raise PromptCamError("--compare writes its sheets beside the heatmaps of a files run: it needs "
+                                 "--heatmaps DIR, and not --ray, --source or --detections")
+        if detections_file is not None and source is not None:
+            raise PromptCamError("--detections classifies files: it cannot be used with --source")
+        if decode == "gpu":
+            if use_ray or source is not None:
+                raise PromptCamError("--decode gpu classifies files: it cannot be used with --ray or --source yet")
+            from .gpu_decode import check_gpu_decode
+
+            check_gpu_decode(engine)
         if use_ray:
-            from .pipeline import RunOptions
             from .ray_batch import RayOptions, run_ray
 
-            if source is not None or heatmaps is not None or resume:
-                raise PromptCamError("--ray runs files only, without --heatmaps or --resume")
+            if heatmaps is not None:
+                raise PromptCamError("--ray runs files only, without --heatmaps")
             summary = run_ray(model_dir, RunOptions(inputs=list(inputs), out_dir=out_dir, top_k=top_k,
-                                                    explain_class=explain_class, traits=traits),
+                                                    explain_class=explain_class, traits=traits, overwrite=overwrite,
+                                                    detections=_detection_options(detections_file, det_threshold,
+                                                                                  det_categories, detections_root)),
                               RayOptions(address=ray_address, actors=ray_actors, gpus_per_actor=ray_gpus_per_actor,
                                          engine=engine, threads_per_actor=threads or 1, parquet=parquet),
                               batch_size, log=lambda m: click.echo(m, err=True))
@@ -96,16 +142,44 @@ def main(inputs: tuple[Path, ...], model_dir: Path, engine: str, batch_size: int
             return
         options = RunOptions(inputs=list(inputs), out_dir=out_dir, top_k=top_k, workers=workers, heatmaps=heatmaps,
                              explain_class=explain_class, traits=traits, checkpoint_every=checkpoint_every,
-                             resume=resume, overwrite=overwrite, progress=not no_progress)
+                             resume=resume, overwrite=overwrite, progress=not no_progress,
+                             formats=(*DEFAULT_FORMATS, "parquet") if parquet else DEFAULT_FORMATS,
+                             detections=_detection_options(detections_file, det_threshold, det_categories,
+                                                           detections_root), decode=decode, compare=compare)
         summary = run_files(predictor, options, log=lambda m: click.echo(m, err=True))
-        if parquet:
-            from .results import ImageRecord, write_parquet
-
-            records = [ImageRecord.from_dict(json.loads(line)) for line in open(summary.outputs["jsonl"])]
-            summary.outputs["parquet"] = str(write_parquet(out_dir / "results.parquet", records))
         _report(summary)
 
     run_cli(body, verbose=verbose)
+
+
+def check_mode(ctx: click.Context, inputs: tuple[Path, ...], source: str | None, use_ray: bool) -> None:
+    """One mode per run (files, stream, Ray), and no option of another mode."""
+    from promptcam.core.errors import PromptCamError
+
+    if source is not None and inputs:
+        raise PromptCamError("give either --source or file inputs, not both")
+    if source is None and not inputs:
+        raise PromptCamError("no inputs: give image folders, list files or images (or --source)")
+    if use_ray and source is not None:
+        raise PromptCamError("--ray runs files, not a --source stream")
+    mode = "--ray" if use_ray else "--source" if source is not None else "files"
+    foreign = {
+        "files": given(ctx, *STREAM_OPTIONS, *RAY_OPTIONS),
+        "--source": given(ctx, *FILE_OPTIONS, *RAY_OPTIONS, "overwrite", "parquet"),
+        "--ray": given(ctx, *STREAM_OPTIONS, "workers", "checkpoint_every", "resume"),
+    }[mode]
+    if foreign:
+        raise PromptCamError(f"{', '.join(foreign)} cannot be used in {mode} mode (see promptcam-run --help)")
+
+
+def _detection_options(path: Path | None, threshold: float, categories: str, root: Path | None):  # noqa: ANN202
+    """``DetectionOptions`` of ``--detections`` (None without it)."""
+    if path is None:
+        return None
+    from .detection_run import DetectionOptions
+
+    names = tuple(c.strip() for c in categories.split(",") if c.strip())
+    return DetectionOptions(path=path, threshold=threshold, categories=names, root=root)
 
 
 def _report(summary) -> None:  # noqa: ANN001 - RunSummary, imported lazily

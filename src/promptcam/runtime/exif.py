@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import struct
+from datetime import datetime
 
+EXIF_DATETIME = re.compile(r"\d{4}:\d{2}:\d{2} \d{2}:\d{2}:\d{2}", re.ASCII)
+MIN_YEAR, MAX_YEAR = 1970, 2100  # camera clocks outside this were never set
 EXIF_IFD_POINTER = 0x8769
 DATETIME_ORIGINAL = 0x9003
 DATETIME = 0x0132
@@ -22,12 +26,26 @@ def exif_datetime(data: bytes) -> str | None:
         if EXIF_IFD_POINTER in tags0:
             value = _read_ifd(tiff, tags0[EXIF_IFD_POINTER], endian).get(DATETIME_ORIGINAL)
         value = value or tags0.get(DATETIME)
-        if not isinstance(value, str) or len(value) < 19:
-            return None
-        date, time = value[:10].replace(":", "-"), value[11:19]
-        return f"{date}T{time}"
-    except (struct.error, IndexError, ValueError):
+        return valid_exif_datetime(value)
+    except (struct.error, IndexError, ValueError, RecursionError):
         return None  # malformed EXIF is common on cheap cameras: no timestamp, not an error
+
+
+def valid_exif_datetime(value: object) -> str | None:
+    """``YYYY-MM-DDTHH:MM:SS`` from an EXIF ``YYYY:MM:DD HH:MM:SS`` that is a real calendar time, else None.
+
+    The string comes from the file, and callers make folder names of its date: anything else
+    (``"/abs/dir 00:00:00"``, ``"../../../. 00:00:00"``, month 13, an unset ``0000:00:00``) is refused.
+    """
+    if not isinstance(value, str) or not EXIF_DATETIME.fullmatch(value[:19]):
+        return None
+    try:
+        stamp = datetime.strptime(value[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    if not MIN_YEAR <= stamp.year <= MAX_YEAR:
+        return None
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _exif_tiff(data: bytes) -> bytes | None:

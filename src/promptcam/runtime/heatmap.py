@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptcam.core.atomic import atomic_write_bytes
 from promptcam.core.errors import ImageError
 
 
@@ -44,12 +45,10 @@ def contact_sheet(image_rgb: np.ndarray, head_maps: np.ndarray, heads: Sequence[
 
 
 def write_image(path: Path, bgr: np.ndarray, quality: int = 90) -> Path:
-    """Write a JPEG/PNG atomically (temp name + rename)."""
+    """Write a JPEG/PNG atomically and durably (a unique short temp name beside it, fsync, rename), so
+    two writers never share a temp file and a name near the 255-byte limit still works."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(path.suffix or ".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ImageError(f"{path}: could not encode heatmap")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.tobytes())
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, data.tobytes())

@@ -6,7 +6,10 @@ per-image failure record.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -16,9 +19,41 @@ import numpy as np
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError
 
+from .imageheader import image_dimensions
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 MAX_FILE_BYTES = 512 * 1024 * 1024  # larger files are refused before reading
-MAX_PIXELS = 250_000_000  # decoded images above this are refused (decompression bombs)
+MAX_PIXELS = 250_000_000  # images declaring more are refused from their header (decompression bombs)
+REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+class PixelBudget:
+    """Bounds the pixels being decoded by all worker threads together (memory ~ 3-6 bytes a pixel).
+
+    ``hold(n)`` waits until ``n`` more pixels fit; one image alone always fits, so an image up to
+    ``MAX_PIXELS`` is never refused for the budget, only queued.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.limit = pixels
+        self.in_flight = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_flight == 0 or self.in_flight + pixels <= self.limit)
+            self.in_flight += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= pixels
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(MAX_PIXELS)
 
 
 def is_image_path(path: str | Path) -> bool:
@@ -29,51 +64,122 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB uint8 [H, W, 3], EXIF orientation applied.
 
     Raises:
-        ImageError: zero-byte, too large, unreadable or undecodable files.
+        ImageError: zero-byte, too large, unreadable, not a regular file or undecodable files.
     """
     return decode_image(read_file_bytes(path), str(path))
 
 
 def read_file_bytes(path: str | Path) -> np.ndarray:
-    """The raw bytes of an image file as uint8, after the size checks (zero-byte, too large)."""
+    """The raw bytes of an image file as uint8, after the checks: a regular file, not empty, not too large.
+
+    Opened without blocking, so a FIFO or a device named ``*.jpg`` is refused instead of hanging the run.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read file ({exc.strerror})") from exc
-    if size == 0:
-        raise ImageError(f"{path}: zero-byte file")
-    if size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: file is {size / 2**20:.0f} MiB, above the {MAX_FILE_BYTES / 2**20:.0f} MiB limit")
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:
-        return np.fromfile(path, dtype=np.uint8)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{path}: not a regular file")
+        if st.st_size == 0:
+            raise ImageError(f"{path}: zero-byte file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: file is {st.st_size / 2**20:.0f} MiB, above the "
+                             f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = np.fromfile(fh, dtype=np.uint8, count=st.st_size)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read file ({exc})") from exc
+        raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    if data.size == 0:
+        raise ImageError(f"{path}: zero-byte file")
+    return data
 
 
-def decode_image(data: bytes | np.ndarray, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8 [H, W, 3] (IMREAD_COLOR applies EXIF orientation)."""
+def check_dimensions(data: bytes | np.ndarray, name: str = "<bytes>") -> tuple[int, int]:
+    """(width, height) from the header, refused above ``MAX_PIXELS`` before anything is decoded.
+
+    Raises:
+        ImageError: unrecognised or damaged header, or too many pixels.
+    """
+    width, height = image_dimensions(data, name)
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{name}: {width}x{height} pixels is above the {MAX_PIXELS} limit")
+    if width == 0 or height == 0:
+        raise ImageError(f"{name}: not a decodable image (header says {width}x{height} pixels)")
+    return width, height
+
+
+def is_jpeg(data: bytes | np.ndarray) -> bool:
+    return bytes(data[:2]) == b"\xff\xd8"
+
+
+def frame_reduction(width: int, height: int, model_size: int, *, min_long_side: int = 0) -> int:
+    """The largest JPEG DCT reduction (1, 2, 4, 8) for a whole frame resized to the model's square input.
+
+    Both sides must stay at or above ``model_size`` (each axis is resized to it), and the long side at or
+    above ``min_long_side`` (the heatmap preview), or the full size when the photo is smaller.
+    """
+    long_side = max(width, height)
+    for reduction in (8, 4, 2):
+        if min(width, height) / reduction >= model_size and long_side / reduction >= min(min_long_side, long_side):
+            return reduction
+    return 1
+
+
+def reduced_size(width: int, height: int, reduction: int) -> tuple[int, int]:
+    """(width, height) of a JPEG decoded at 1/``reduction`` (libjpeg rounds up)."""
+    return -(-width // reduction), -(-height // reduction)
+
+
+def full_size_of(header_size: tuple[int, int], decoded: np.ndarray, reduction: int) -> tuple[int, int]:
+    """(height, width) of the full-size, EXIF-oriented photo, from the header's stored (width, height)
+    and a decode at 1/``reduction`` (which shows whether orientation swapped the sides)."""
+    width, height = header_size
+    if reduction == 1:
+        return decoded.shape[0], decoded.shape[1]
+    rw, rh = reduced_size(width, height, reduction)
+    if (decoded.shape[1], decoded.shape[0]) == (rw, rh) or rw == rh:
+        return height, width
+    return width, height  # EXIF orientation 5-8 turned it
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>", *, reduction: int = 1) -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 [H, W, 3] (IMREAD_COLOR applies EXIF orientation).
+
+    The header's size is checked first, so a decompression bomb is refused without being decoded.
+    ``reduction`` (2, 4, 8): a JPEG is decoded at that fraction of its size in the DCT domain
+    (libjpeg scaling, OpenCV's ``IMREAD_REDUCED_COLOR_*``, which apply EXIF orientation too);
+    other formats are always decoded at full size.
+    """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
     if buf.size == 0:
         raise ImageError(f"{name}: zero-byte file")
+    check_dimensions(buf, name)
+    flags = REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR) if is_jpeg(buf) else cv2.IMREAD_COLOR
     try:
-        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(buf, flags)
     except cv2.error as exc:
         raise ImageError(f"{name}: cannot decode image ({str(exc).strip().splitlines()[-1]})") from exc
     if image is None:
         raise ImageError(f"{name}: not a decodable image (corrupt, truncated or unsupported format)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:  # a header that lied
         raise ImageError(f"{name}: {image.shape[1]}x{image.shape[0]} pixels is above the {MAX_PIXELS} limit")
     if image.dtype != np.uint8:
-        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, np.iinfo(image.dtype).max))
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        top = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(1, top))
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second full-size copy
 
 
 def resize_for_model(image: np.ndarray, config: ModelConfig, out: np.ndarray | None = None) -> np.ndarray:
     """Resize RGB uint8 to the model's square input, as the model config says.
 
     ``bilinear`` uses area averaging when shrinking (antialiased, close to PIL's bilinear filter
-    used by torchvision) and bilinear when enlarging. ``out``: a contiguous [S, S, 3] uint8 array
+    used by torchvision) and bilinear when enlarging; ``bicubic`` (CLIP/BioCLIP) likewise, with
+    bicubic when enlarging. ``out``: a contiguous [S, S, 3] uint8 array
     to write into (a slot of a batch buffer), which is returned.
     """
     size = config.img_size
@@ -84,7 +190,8 @@ def resize_for_model(image: np.ndarray, config: ModelConfig, out: np.ndarray | N
         out[...] = image
         return out
     shrinking = h > size or w > size
-    interpolation = cv2.INTER_AREA if (config.interpolation == "area" or shrinking) else cv2.INTER_LINEAR
+    enlarge = cv2.INTER_CUBIC if config.interpolation == "bicubic" else cv2.INTER_LINEAR
+    interpolation = cv2.INTER_AREA if (config.interpolation == "area" or shrinking) else enlarge
     if out is None:
         return cv2.resize(image, (size, size), interpolation=interpolation)
     cv2.resize(image, (size, size), dst=out, interpolation=interpolation)
@@ -106,7 +213,8 @@ def iter_image_files(sources: Iterable[str | Path], skipped: list[Path] | None =
                     yield from _keep_image(Path(root) / name, skipped)
         elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
             base = path.parent
-            for line in path.read_text(encoding="utf-8").splitlines():
+            # surrogateescape: a listed non-UTF-8 file name stays the exact bytes on disk
+            for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
                 if line.strip() and not line.startswith("#"):
                     entry = Path(line.strip())
                     yield from _keep_image(entry if entry.is_absolute() else base / entry, skipped)

@@ -5,16 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 
 from promptcam.core.config import ModelConfig
-from promptcam.core.errors import ConfigError
+from promptcam.core.errors import ConfigError, ManifestError
+from promptcam.core.iospec import (
+    ATTENTION,
+    HEAD_CONTEXT,
+    LOGITS,
+    TOP_ATTENTION,
+    TOP_CLASS,
+    TOP_HEAD_CONTEXT,
+    TOP_OUTPUTS,
+    VALUE_MEAN,
+)
 from promptcam.core.manifest import Manifest, read_manifest
 from promptcam.core.traits import HeadRanking
 
 from .backends import Backend, create_backend
-from .backends.base import TOP_OUTPUTS
+from .backends.checks import check_model_files
 from .images import read_image, resize_for_model
 from .traits import TraitRanker
 
@@ -64,6 +75,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Classifier + explainer over an exported model directory.
 
+    Construction loads and checks everything before the first image: ``model.onnx`` (or the
+    TensorRT plan) and ``trait_head.onnx`` must carry the manifest's config in their metadata and
+    have the tensors ``iospec`` declares for it; any difference is one ``ManifestError`` and nothing
+    stays loaded. A context manager: leaving the ``with`` frees the backend.
+
     Args:
         model_dir: Directory written by ``promptcam-export`` (manifest.json, model.onnx ...).
         engine: ``auto`` | ``ort`` | ``ort-cpu`` | ``ort-cuda`` | ``ort-trt`` | ``trt``.
@@ -83,11 +99,33 @@ class Predictor:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.config: ModelConfig = self.manifest.config
+        gates = self.manifest.validation.get("int8_gates") or {}
+        if gates.get("forced"):  # promptcam-export --force wrote it below its quality gates: say so at every load
+            import sys
+
+            print(f"WARNING: {self.model_dir}: int8 model exported with --force; it misses its quality gates: "
+                  + "; ".join(gates.get("failed", [])), file=sys.stderr)
+        for role in self.manifest.files:  # every listed file is a plain name inside the directory, and exists
+            self.manifest.file(self.model_dir, role)
+        trait_head_path = self.manifest.file(self.model_dir, "trait_head")
         self.backend: Backend = create_backend(self.model_dir, self.manifest, engine, threads=threads,
                                                device_id=device_id)
+        try:
+            self._ranker = self._load_trait_ranker(trait_head_path)
+            main_file = self.manifest.files["engine" if self.backend.name == "trt" else "model"]
+            check_model_files(self.model_dir, self.manifest, self.backend, self._ranker.session,
+                              model_file=main_file, trait_head_file=trait_head_path.name)
+        except BaseException:
+            self.backend.close()  # nothing stays half-loaded
+            raise
         limit = self.backend.max_batch
         self.batch_size = min(batch_size, limit) if limit else batch_size
-        self._ranker: TraitRanker | None = None
+
+    def _load_trait_ranker(self, path: Path) -> TraitRanker:
+        try:
+            return TraitRanker(path, device_id=self.backend.device_id if self.backend.on_gpu else None)
+        except Exception as exc:  # ORT raises its own exception types for unreadable files
+            raise ManifestError(f"{path}: ONNX Runtime cannot load the trait head: {exc}") from exc
 
     @property
     def engine_description(self) -> str:
@@ -123,6 +161,7 @@ class Predictor:
         top_k: int = 5,
         classes: Sequence[str | int] | None = None,
         traits: int = 0,
+        compare: int = 0,
     ) -> list[Prediction]:
         """Classify and explain images (paths or RGB uint8 arrays of any size).
 
@@ -131,6 +170,9 @@ class Predictor:
             top_k: How many classes to list per image.
             classes: Classes whose attention to return (default: each image's top-1).
             traits: Rank trait heads of those classes and keep this many (0: no ranking).
+            compare: Also return the attention of each image's ``compare`` most probable classes (after
+                ``classes``, whose first stays the explained one), from the same inference; traits are
+                then ranked for the explained class only.
 
         Returns:
             One ``Prediction`` per image.
@@ -141,7 +183,7 @@ class Predictor:
             chunk = prepared[start:start + self.batch_size]
             pixels = np.stack([p for p, _ in chunk])
             results += self.predict_pixels(pixels, [s for _, s in chunk], top_k=top_k, classes=classes,
-                                           traits=traits)
+                                           traits=traits, compare=compare)
         return results
 
     def predict_pixels(
@@ -152,42 +194,68 @@ class Predictor:
         top_k: int = 5,
         classes: Sequence[str | int] | None = None,
         traits: int = 0,
+        compare: int = 0,
     ) -> list[Prediction]:
-        """Like ``predict`` for an already resized uint8 batch [B, S, S, 3] (at most ``batch_size``)."""
+        """Like ``predict`` for an already resized uint8 batch [B, S, S, 3] (at most ``batch_size``): a NumPy
+        array, or a ``gpu_decode.DeviceBatch`` already in the backend's GPU memory (``--decode gpu``)."""
         wanted = [self.class_index(c) for c in classes] if classes else None
         # explaining the predicted class only: fetch its slices, not every class's maps
-        top_only = wanted is None and set(TOP_OUTPUTS) <= set(self.backend.output_names)
+        top_only = wanted is None and not compare and set(TOP_OUTPUTS) <= set(self.backend.output_names)
         if top_only:
-            outputs = ("logits", "top_class", "top_attention") + (("top_head_context", "value_mean") if traits else ())
+            outputs = (LOGITS, TOP_CLASS, TOP_ATTENTION) + ((TOP_HEAD_CONTEXT, VALUE_MEAN) if traits else ())
         else:
-            outputs = ("logits", "attention") + (("head_context", "value_mean") if traits else ())
-        out = self.backend.infer(pixels, outputs)
-        probabilities = softmax(out["logits"].astype(np.float64))
+            outputs = (LOGITS, ATTENTION) + ((HEAD_CONTEXT, VALUE_MEAN) if traits else ())
+        device_infer = getattr(pixels, "infer", None)  # a DeviceBatch binds its GPU memory itself
+        out = device_infer(self.backend, outputs) if device_infer else self.backend.infer(pixels, outputs)
+        probabilities = softmax(out[LOGITS].astype(np.float64))
         grid = self.config.grid_size
         results = []
         for i, size in enumerate(image_sizes):
             order = np.argsort(-probabilities[i], kind="stable")[:top_k]
             top = [ClassScore(int(j), self.class_names[j], float(probabilities[i, j])) for j in order]
             if top_only:
-                chosen = [int(out["top_class"][i])]
-                attention = {chosen[0]: out["top_attention"][i].reshape(-1, grid, grid)}
+                chosen = [int(out[TOP_CLASS][i])]
+                attention = {chosen[0]: out[TOP_ATTENTION][i].reshape(-1, grid, grid)}
             else:
                 chosen = wanted or [top[0].index]
-                attention = {c: out["attention"][i, c].reshape(-1, grid, grid) for c in chosen}
-            prediction = Prediction(out["logits"][i], probabilities[i], top, attention, (int(size[0]), int(size[1])))
+                if compare:  # the runners-up, most probable first, after the asked-for classes
+                    ranked = np.argsort(-probabilities[i], kind="stable")[:compare].tolist()
+                    chosen = list(dict.fromkeys([*chosen, *ranked]))
+                attention = {c: out[ATTENTION][i, c].reshape(-1, grid, grid) for c in chosen}
+            prediction = Prediction(out[LOGITS][i], probabilities[i], top, attention, (int(size[0]), int(size[1])))
             if traits:
                 ranker = self.trait_ranker()
-                for c in chosen:
-                    context = out["top_head_context"][i] if top_only else out["head_context"][i, c]
-                    prediction.traits[c] = ranker.rank(out["logits"][i], context, out["value_mean"][i], c, k=traits)
+                for c in chosen[:1] if compare else chosen:
+                    context = out[TOP_HEAD_CONTEXT][i] if top_only else out[HEAD_CONTEXT][i, c]
+                    prediction.traits[c] = ranker.rank(out[LOGITS][i], context, out[VALUE_MEAN][i], c, k=traits)
             results.append(prediction)
         return results
 
+    def compare(self, image: np.ndarray | str | Path, k: int = 3, *,
+                classes: Sequence[str | int] = ()) -> tuple[Prediction, np.ndarray]:
+        """"Why this class and not that one": the maps of the top ``k`` classes and of ``classes``, one inference.
+
+        Returns:
+            The prediction (attention of every shown class) and the sheet, BGR uint8: one overlay per
+            class, most probable first, then the asked-for classes, each labelled with name and probability.
+        """
+        from .compare import compare_sheet
+
+        rgb = read_image(image) if isinstance(image, str | Path) else np.asarray(image, dtype=np.uint8)
+        prediction = self.predict([rgb], top_k=k, classes=list(classes) or None, compare=k)[0]
+        return prediction, compare_sheet(rgb, prediction, self.class_names, k,
+                                         extra=[self.class_index(c) for c in classes])
+
     def trait_ranker(self) -> TraitRanker:
-        if self._ranker is None:
-            self._ranker = TraitRanker(self.manifest.file(self.model_dir, "trait_head"),
-                                       device_id=self.backend.device_id if self.backend.on_gpu else None)
+        """The trait-head ranker (loaded and checked with the model)."""
         return self._ranker
 
     def close(self) -> None:
         self.backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -4,17 +4,26 @@ WAL mode, so readers (a dashboard, ``promptcam-export-results``) never block the
 ``synchronous=FULL``, so a committed row survives a power cut. The row *is* the done-mark: an
 image is classified again only if it has no row, so a SIGKILL at any moment loses nothing and
 classifies nothing twice.
+
+File names are stored losslessly: the ``file`` column holds a readable UTF-8 spelling (bytes that
+are not UTF-8 shown as ``\\xNN``), and ``file_raw`` the exact bytes when the two differ. A database
+that SQLite cannot open any more (a power cut on a card that lies about flushes) is moved aside as
+``<name>.corrupt-<time>`` and a fresh one started, with one clear log line, by ``open_for_writing``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .results import ImageRecord
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -40,38 +49,73 @@ CREATE TABLE IF NOT EXISTS results (
     heatmap TEXT,
     stored_path TEXT,                  -- where the image went (--move-processed / --failed), if moved
     moved INTEGER NOT NULL DEFAULT 0,
+    file_raw BLOB,                     -- the exact name bytes, when they are not UTF-8
+    move_error TEXT,                   -- why the file could not be moved (it stays in the inbox)
     UNIQUE (source, file, sha256)
 );
 CREATE INDEX IF NOT EXISTS results_taken ON results (taken_at);
+-- after every batch: the moves still to do, and whether an archive name is taken (months of rows)
+CREATE INDEX IF NOT EXISTS results_pending ON results (source) WHERE moved=0 AND stored_path IS NOT NULL;
+CREATE INDEX IF NOT EXISTS results_stored ON results (stored_path);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- an identical re-upload (same name, same content, new mtime) of a file that already has a row
+CREATE TABLE IF NOT EXISTS duplicates (
+    id INTEGER PRIMARY KEY,
+    result_id INTEGER NOT NULL REFERENCES results (id),
+    source TEXT NOT NULL,
+    file TEXT NOT NULL,
+    file_raw BLOB,
+    sha256 TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    seen_at TEXT NOT NULL,
+    stored_path TEXT,
+    moved INTEGER NOT NULL DEFAULT 0,
+    move_error TEXT,
+    UNIQUE (source, file, size, mtime_ns)
+);
+CREATE INDEX IF NOT EXISTS duplicates_stored ON duplicates (stored_path);
 """
+# columns added after schema version 1 shipped: added to older databases on open
+ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT"}
+MOVE_TABLES = ("results", "duplicates")
+
+
+def db_text(text: str | None) -> str | None:
+    """``text`` as valid UTF-8 for SQLite: undecodable name bytes (surrogate escapes) become ``\\xNN``."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def name_to_db(name: str) -> tuple[str, bytes | None]:
+    """(readable spelling, exact bytes or None) of a file name as ``os`` returned it."""
+    text = db_text(name)
+    return text, (None if text == name else os.fsencode(name))
+
+
+def name_from_db(text: str, raw: bytes | None) -> str:
+    """The file name as ``os`` spells it, from the two columns ``name_to_db`` wrote."""
+    return os.fsdecode(raw) if raw is not None else text
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass
-class ResultRow:
-    source: str
-    file: str
-    sha256: str
-    size: int | None = None
-    mtime_ns: int | None = None
-    taken_at: str | None = None
-    status: str = "ok"
-    failure: str | None = None
-    width: int | None = None
-    height: int | None = None
-    top1: str | None = None
-    top1_probability: float | None = None
-    top_k: list[dict[str, Any]] = field(default_factory=list)
-    probabilities: list[float] | None = None
-    explained_class: str | None = None
-    trait_heads: list[int] | None = None
-    heatmap: str | None = None
-    stored_path: str | None = None
-    processed_at: str = field(default_factory=utc_now)
+# the one result record of every mode (file runs, Ray, inbox, streams); the station code's name for it
+ResultRow = ImageRecord
+
+
+def record_from_row(row: dict[str, Any]) -> ImageRecord:
+    """The record of a ``results`` row (as ``ResultStore.rows`` yields it): the one conversion from SQLite."""
+    return ImageRecord(
+        file=name_from_db(row["file"], row.get("file_raw")), path=row["stored_path"] or row["file"],
+        failure=row["failure"], width=row["width"], height=row["height"], top_k=row["top_k"] or [],
+        explained_class=row["explained_class"], trait_heads=row["trait_heads"], heatmap=row["heatmap"],
+        probabilities=row["probabilities"], source=row["source"], sha256=row["sha256"], size=row["size"],
+        mtime_ns=row["mtime_ns"], taken_at=row["taken_at"], stored_path=row["stored_path"],
+        processed_at=row["processed_at"])
 
 
 class ResultStore:
@@ -84,43 +128,146 @@ class ResultStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @classmethod
+    def open_for_writing(cls, path: str | Path, log: Callable[[str], None] = print) -> ResultStore:
+        """Open the station's database, checked; a corrupt one is moved aside and a fresh one started.
+
+        SQLite itself recovers a torn WAL (it drops the frames after the last valid commit). A main
+        file that is truncated or overwritten cannot be repaired in place: it is renamed to
+        ``<name>.corrupt-<UTC time>`` (with its ``-wal``/``-shm``) so nothing is deleted, and the
+        station goes on with an empty database rather than stopping in a crash loop.
+        """
+        path = Path(path)
+        store = None
+        try:
+            store = cls(path)
+            problem = store.db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem == "ok":
+                return store
+        except sqlite3.OperationalError:
+            raise  # cannot open, locked, disk full: not corruption, nothing to move aside
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            problem = str(exc)
+        if store is not None:
+            store.close()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            part = Path(str(path) + suffix)
+            if part.exists():
+                os.replace(part, Path(str(aside) + suffix))
+        log(f"{path}: database is corrupt ({problem}); moved aside to {aside}, starting a fresh one")
+        return cls(path)
 
     def close(self) -> None:
         self.db.close()
 
-    def add(self, rows: Iterable[ResultRow]) -> int:
-        """Insert a batch in one transaction; rows already present (same source, file, content) are kept."""
-        values = [(r.source, r.file, r.sha256, r.size, r.mtime_ns, r.taken_at, r.processed_at, r.status, r.failure,
-                   r.width, r.height, r.top1, r.top1_probability, json.dumps(r.top_k),
-                   json.dumps(r.probabilities) if r.probabilities is not None else None, r.explained_class,
-                   json.dumps(r.trait_heads) if r.trait_heads is not None else None, r.heatmap, r.stored_path)
-                  for r in rows]
+    def add(self, rows: Iterable[ResultRow], log: Callable[[str], None] | None = None) -> int:
+        """Insert a batch in one transaction; rows already present (same source, file, content) are kept.
+
+        A row SQLite refuses (a value it cannot bind) is stored as a failure row in its place, and
+        only if even that is refused is it left out (and logged): one bad row never drops the batch.
+        """
+        sql = ("INSERT OR IGNORE INTO results (source, file, sha256, size, mtime_ns, taken_at, processed_at, status,"
+               " failure, width, height, top1, top1_probability, top_k, probabilities, explained_class, trait_heads,"
+               " heatmap, stored_path, file_raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
-            self.db.executemany(
-                "INSERT OR IGNORE INTO results (source, file, sha256, size, mtime_ns, taken_at, processed_at, status,"
-                " failure, width, height, top1, top1_probability, top_k, probabilities, explained_class, trait_heads,"
-                " heatmap, stored_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            for row in rows:
+                try:
+                    self.db.execute(sql, _values(row))
+                except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.ProgrammingError, ValueError,
+                        TypeError, OverflowError) as exc:
+                    fallback = ResultRow(source=row.source, file=row.file, sha256=row.sha256, size=row.size,
+                                         mtime_ns=row.mtime_ns, stored_path=row.stored_path,
+                                         failure=f"{db_text(row.file)}: result could not be stored ({exc})")
+                    try:
+                        self.db.execute(sql, _values(fallback))
+                    except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.ProgrammingError, ValueError,
+                            TypeError, OverflowError) as again:
+                        if log is not None:
+                            log(f"{db_text(row.file)}: row left out, SQLite refused it ({again})")
             return self.db.total_changes - before
 
     def known_files(self, source: str) -> set[tuple[str, int, int]]:
-        """(file, size, mtime_ns) of every row of a source: files a restart need not even hash again."""
-        return {(f, size, mtime) for f, size, mtime in self.db.execute(
-            "SELECT file, size, mtime_ns FROM results WHERE source=?", (source,))}
+        """(file, size, mtime_ns) of every row and duplicate of a source: files a restart need not hash again."""
+        return {(name_from_db(f, raw), size, mtime) for table in MOVE_TABLES for f, raw, size, mtime in self.db.execute(
+            f"SELECT file, file_raw, size, mtime_ns FROM {table} WHERE source=?", (source,))}
 
-    def pending_moves(self, source: str) -> list[tuple[int, str, str | None]]:
-        """Rows committed but whose file was not yet moved away (a kill between commit and move)."""
-        return self.db.execute("SELECT id, file, stored_path FROM results WHERE source=? AND moved=0 AND "
-                               "stored_path IS NOT NULL", (source,)).fetchall()
+    def find_row(self, source: str, file: str, sha256: str) -> tuple[int, str] | None:
+        """(id, status) of the row of this exact file (name and content), if there is one."""
+        hit = self.db.execute("SELECT id, status FROM results WHERE source=? AND file=? AND sha256=?",
+                              (source, db_text(file), sha256)).fetchone()
+        return (hit[0], hit[1]) if hit else None
 
-    def mark_moved(self, row_id: int) -> None:
+    def max_id(self, source: str) -> int:
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM results WHERE source=?", (source,)).fetchone()[0]
+
+    def meta_int(self, key: str) -> int | None:
+        hit = self.db.execute("SELECT value FROM meta WHERE key=?", (db_text(key),)).fetchone()
+        return int(hit[0]) if hit else None
+
+    def set_meta(self, key: str, value: str) -> None:
         with self.db:
-            self.db.execute("UPDATE results SET moved=1 WHERE id=?", (row_id,))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (db_text(key), value))
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        cursor = self.db.execute("SELECT * FROM results ORDER BY id")
+    def add_duplicates(self, entries: Iterable[dict[str, Any]]) -> None:
+        """Record identical re-uploads (keys: result_id, source, file, sha256, size, mtime_ns, stored_path)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for e in entries:
+                text, raw = name_to_db(e["file"])
+                self.db.execute("INSERT OR IGNORE INTO duplicates (result_id, source, file, file_raw, sha256, size,"
+                                " mtime_ns, seen_at, stored_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (e["result_id"], e["source"], text, raw, e["sha256"], e["size"], e["mtime_ns"],
+                                 utc_now(), db_text(e["stored_path"])))
+
+    def is_claimed(self, stored_path: str) -> bool:
+        """Whether a row (moved or still pending) already owns this archive path."""
+        return any(self.db.execute(f"SELECT 1 FROM {table} WHERE stored_path=? LIMIT 1", (stored_path,)).fetchone()
+                   for table in MOVE_TABLES)
+
+    def pending_moves(self, source: str, *, with_errors: bool = True) -> list[PendingMove]:
+        """Rows committed but whose file was not yet moved away (a kill between commit and move)."""
+        found = []
+        for table in MOVE_TABLES:
+            query = (f"SELECT id, file, file_raw, sha256, size, stored_path FROM {table} WHERE source=? AND moved=0 "
+                     "AND stored_path IS NOT NULL" + ("" if with_errors else " AND move_error IS NULL"))
+            found += [PendingMove(table, i, name_from_db(f, raw), sha, size, stored)
+                      for i, f, raw, sha, size, stored in self.db.execute(query, (source,))]
+        return found
+
+    def mark_moved(self, move: PendingMove, *, error: str | None = None) -> None:
+        """The move is finished (``error``: finished without a move, and why)."""
+        with self.db:
+            self.db.execute(f"UPDATE {move.table} SET moved=1, move_error=? WHERE id=?", (db_text(error), move.id))
+
+    def set_move_error(self, move: PendingMove, error: str) -> None:
+        """The move failed (the file stays in the inbox); retried when the station starts again."""
+        with self.db:
+            self.db.execute(f"UPDATE {move.table} SET move_error=? WHERE id=?", (db_text(error), move.id))
+
+    def set_stored_path(self, move: PendingMove, stored_path: str | None) -> None:
+        with self.db:
+            self.db.execute(f"UPDATE {move.table} SET stored_path=? WHERE id=?", (db_text(stored_path), move.id))
+
+    def rows_after(self, source: str, last_id: int) -> Iterator[dict[str, Any]]:
+        """The rows of a source with an id above ``last_id``, in id order (to append to a log)."""
+        return self.rows(where="source=? AND id>?", params=(source, last_id))
+
+    def records(self, where: str = "1", params: tuple[Any, ...] = ()) -> Iterator[ImageRecord]:
+        """The rows as result records, in id order."""
+        return map(record_from_row, self.rows(where, params))
+
+    def rows(self, where: str = "1", params: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
+        cursor = self.db.execute(f"SELECT * FROM results WHERE {where} ORDER BY id", params)
         names = [d[0] for d in cursor.description]
         for values in cursor:
             row = dict(zip(names, values, strict=True))
@@ -128,3 +275,25 @@ class ResultStore:
                 if row[key] is not None:
                     row[key] = json.loads(row[key])
             yield row
+
+
+@dataclass
+class PendingMove:
+    """A committed row whose file still has to go to ``stored_path``."""
+
+    table: str  # "results" or "duplicates"
+    id: int
+    file: str  # as ``os`` spells it (relative to the inbox)
+    sha256: str
+    size: int | None
+    stored_path: str
+
+
+def _values(r: ResultRow) -> tuple[Any, ...]:
+    text, raw = name_to_db(r.file)
+    return (db_text(r.source), text, r.sha256, r.size, r.mtime_ns, db_text(r.taken_at), r.processed_at or utc_now(),
+            "ok" if r.failure is None else "failed",
+            db_text(r.failure), r.width, r.height, db_text(r.top1), r.top1_probability, json.dumps(r.top_k),
+            json.dumps(r.probabilities) if r.probabilities is not None else None, db_text(r.explained_class),
+            json.dumps(r.trait_heads) if r.trait_heads is not None else None, db_text(r.heatmap),
+            db_text(r.stored_path), raw)

@@ -15,7 +15,13 @@ from promptcam.models.registry import list_backbones
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="ImageFolder root (train/, val/).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (runs/NAME).")
 @click.option("--backbone", type=click.Choice(list_backbones()), default="dino_vitb16", show_default=True)
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local backbone weights (timm ViT).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Local backbone weights: a timm ViT state dict, or for CLIP backbones (bioclip_vitb16) an "
+                   "open_clip checkpoint (open_clip_pytorch_model.bin / .pt / .safetensors, full CLIP or visual "
+                   "tower; text-tower keys are ignored).")
+@click.option("--act", type=click.Choice(["gelu", "quick_gelu"]), default=None,
+              help="MLP activation of a CLIP backbone (default: open_clip_config.json beside --weights, "
+                   "else the backbone preset: quick_gelu for bioclip_vitb16).")
 @click.option("--pretrained", is_flag=True, help="timm pretrained weights (needs the timm cache or internet).")
 @click.option("--img-size", type=int, default=None, help="Override the backbone's input size.")
 @click.option("--epochs", type=int, default=130, show_default=True)
@@ -34,10 +40,10 @@ from promptcam.models.registry import list_backbones
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
 @click.option("--no-progress", is_flag=True)
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
-def train(data: Path, out: Path, backbone: str, weights: Path | None, pretrained: bool, img_size: int | None,
-          epochs: int, warmup_epochs: int, lr: float, min_lr: float, momentum: float, weight_decay: float,
-          batch_size: int, drop_path: float, prompt_dropout: float, val_split: float | None, seed: int, workers: int,
-          resume: bool, amp: bool | None, no_progress: bool, verbose: bool) -> None:
+def train(data: Path, out: Path, backbone: str, weights: Path | None, act: str | None, pretrained: bool,
+          img_size: int | None, epochs: int, warmup_epochs: int, lr: float, min_lr: float, momentum: float,
+          weight_decay: float, batch_size: int, drop_path: float, prompt_dropout: float, val_split: float | None,
+          seed: int, workers: int, resume: bool, amp: bool | None, no_progress: bool, verbose: bool) -> None:
     """Train Prompt-CAM prompts + head on a frozen backbone (published recipe by default).
 
     Multi-GPU / multi-process: torchrun --nproc_per_node N $(which promptcam-train) ...
@@ -50,7 +56,8 @@ def train(data: Path, out: Path, backbone: str, weights: Path | None, pretrained
             data=data, out=out, backbone=backbone, weights=weights, pretrained=pretrained, img_size=img_size,
             epochs=epochs, warmup_epochs=warmup_epochs, lr=lr, min_lr=min_lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, drop_path=drop_path, prompt_dropout=prompt_dropout,
-            val_split=val_split, seed=seed, workers=workers, resume=resume, amp=amp, progress=not no_progress)
+            val_split=val_split, seed=seed, workers=workers, resume=resume, amp=amp, progress=not no_progress,
+            config_overrides={"act": act} if act else {})
         result = train_promptcam(options, log=click.echo)
         if result.best_epoch > 0:
             click.echo(f"best val accuracy {result.best_accuracy:.2%} at epoch {result.best_epoch}: {result.best_path}")
@@ -66,12 +73,40 @@ def train(data: Path, out: Path, backbone: str, weights: Path | None, pretrained
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write metrics.json + confusion.csv here.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--faithfulness", is_flag=True,
+              help="Instead of accuracy: insertion/deletion AUC of Prompt-CAM (from --model) against Grad-CAM, "
+                   "Layer-CAM, Eigen-CAM, attention rollout and random maps; on a synthetic world also the "
+                   "pointing game and energy in the trait masks. Writes OUT/faithfulness.{md,json}.")
+@click.option("--model", "model_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Faithfulness: exported model directory of --ckpt (repeat for fp32 and int8/fp16: one table each).")
+@click.option("--images", "image_limit", type=int, default=64, show_default=True,
+              help="Faithfulness: images, spread evenly over the classes.")
+@click.option("--steps", type=int, default=32, show_default=True, help="Faithfulness: perturbation steps per curve.")
+@click.option("--blur-sigma", type=float, default=0.25, show_default=True,
+              help="Faithfulness: Gaussian sigma of the blurred baseline, as a fraction of the image side.")
+@click.option("--engine", default="ort-cpu", show_default=True, help="Faithfulness: runtime engine of --model.")
+@click.option("--threads", type=int, default=None, help="Faithfulness: ONNX Runtime intra-op threads.")
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def evaluate(ckpt: Path, data: Path, classes: Path | None, out: Path | None, batch_size: int, workers: int,
-             verbose: bool) -> None:
-    """Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset."""
+             faithfulness: bool, model_dirs: tuple[Path, ...], image_limit: int, steps: int, blur_sigma: float,
+             engine: str, threads: int | None, verbose: bool) -> None:
+    """Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset (or --faithfulness)."""
 
     def body() -> None:
+        if faithfulness:
+            from promptcam.models.checkpoint import read_class_names
+            from promptcam.runtime.faithfulness import Protocol
+
+            from .faithfulness import evaluate_faithfulness
+
+            report = evaluate_faithfulness(
+                ckpt, data, list(model_dirs), out=out, limit=image_limit, engine=engine, threads=threads,
+                protocol=Protocol(steps=steps, blur_sigma=blur_sigma, batch_size=max(batch_size, 1)),
+                class_names=read_class_names(classes) if classes else None, log=lambda m: click.echo(m, err=True))
+            click.echo(report.markdown)
+            click.echo(f"faithfulness in {report.seconds:.1f}s" + (f"; wrote {out / 'faithfulness.md'} and "
+                                                                   f"{out / 'faithfulness.json'}" if out else ""))
+            return
         import torch
         from torch.utils.data import DataLoader
 

@@ -27,9 +27,16 @@ def pretrain_backbone(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
+    local_weight: float = 0.0,
     log=print,  # noqa: ANN001
 ) -> Path:
-    """Train a timm ViT classifier on ``data/train`` and save its backbone state dict (no head)."""
+    """Train a timm ViT classifier on ``data/train`` and save its backbone state dict (no head).
+
+    ``local_weight`` > 0 adds a self-supervised term: every final patch token must also reconstruct
+    its own patch's pixels (per-patch normalised, as MAE does). Classification alone lets the blocks
+    copy the trait colours into any token; DINO's patch features, which this backbone stands in
+    for, stay local, and Prompt-CAM's maps are only as local as the tokens they attend to.
+    """
     seed_everything(seed)
     train_dir = Path(data) / "train"
     folders = [f for f, _ in find_classes(train_dir)]
@@ -41,14 +48,21 @@ def pretrain_backbone(
     loader = DataLoader(ImageFolderData(list_samples(train_dir, folders), config, train=False),
                         batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    patch = config.patch_size
+    decoder = torch.nn.Linear(config.embed_dim, patch * patch * 3)  # dropped after pretraining
+    optimizer = torch.optim.AdamW([*model.parameters(), *decoder.parameters()], lr=lr, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
     for epoch in range(epochs):
         model.train()
         correct = total = 0
         for images, labels in loader:
-            logits = model(images)
+            tokens = model.forward_features(images)
+            logits = model.forward_head(tokens)
             loss = torch.nn.functional.cross_entropy(logits, labels)
+            if local_weight:
+                prefix = model.num_prefix_tokens
+                loss = loss + local_weight * torch.nn.functional.mse_loss(
+                    decoder(tokens[:, prefix:]), normalized_patches(images, patch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -60,3 +74,12 @@ def pretrain_backbone(
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
     return out
+
+
+def normalized_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, N, patch*patch*3], each patch normalised to zero mean and unit variance."""
+    b, c, h, w = images.shape
+    patches = images.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 3, 5, 1)
+    patches = patches.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
+    return (patches - mean) / (var + 1e-6).sqrt()

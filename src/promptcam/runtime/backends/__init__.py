@@ -6,11 +6,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from promptcam.core.errors import BackendUnavailableError, PromptCamError
+from promptcam.core.errors import BackendUnavailableError, ManifestError, PromptCamError
 from promptcam.core.manifest import Manifest
 from promptcam.runtime.cuda import has_nvidia_driver
 
-from .base import OUTPUTS, Backend
+from .base import Backend
 
 ENGINES = ("auto", "ort", "ort-cpu", "ort-cuda", "ort-trt", "trt")
 
@@ -27,7 +27,8 @@ def create_backend(
 
     ``auto`` tries a TensorRT engine (if the model directory has one), then ORT CUDA, then the CPU,
     and the returned backend's ``description`` says which. ``ort`` is ORT CUDA when available,
-    else CPU.
+    else CPU. A broken model directory (``ManifestError``) is not a reason to try another engine:
+    it is raised at once.
     """
     if engine not in ENGINES:
         raise BackendUnavailableError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
@@ -40,6 +41,8 @@ def create_backend(
         for candidate in candidates:
             try:
                 return create_backend(model_dir, manifest, candidate, threads=threads, device_id=device_id)
+            except ManifestError:
+                raise
             except PromptCamError as exc:
                 reasons.append(f"{candidate}: {exc}")
         raise BackendUnavailableError("no engine could start:\n  " + "\n  ".join(reasons))
@@ -57,4 +60,4 @@ def create_backend(
                       fp16=manifest.precision == "fp16")
 
 
-__all__ = ["ENGINES", "OUTPUTS", "Backend", "create_backend", "has_nvidia_driver"]
+__all__ = ["ENGINES", "Backend", "create_backend", "has_nvidia_driver"]

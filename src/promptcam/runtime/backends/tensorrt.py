@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from promptcam.core.errors import BackendUnavailableError
+from promptcam.core.iospec import FULL_OUTPUTS, PIXELS
 from promptcam.runtime.cuda import check_cuda, gpu_info, import_cudart, import_tensorrt
 
-from .base import OUTPUTS, Backend
+from .base import Backend, LoadedTensors
 
 
 def check_engine_compatible(engine_facts: dict[str, Any], trt_version: str, gpu: dict[str, Any]) -> None:
@@ -30,7 +31,11 @@ def check_engine_compatible(engine_facts: dict[str, Any], trt_version: str, gpu:
 
 
 class TensorRTBackend(Backend):
-    """Runs a TensorRT engine; batch shapes come from the engine's optimisation profile."""
+    """Runs a TensorRT engine; batch shapes come from the engine's optimisation profile.
+
+    A context manager: ``close`` (or leaving the ``with``) frees the device and pinned host buffers
+    and destroys the CUDA stream.
+    """
 
     def __init__(self, plan_path: Path, engine_facts: dict[str, Any], *, device_id: int = 0) -> None:
         trt = import_tensorrt()
@@ -45,11 +50,13 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise BackendUnavailableError(f"{plan_path}: TensorRT could not deserialize the engine")
         self.context = self.engine.create_execution_context()
+        low, _, high = self.engine.get_tensor_profile_shape(PIXELS, 0)
         profile = engine_facts.get("batch_profile", {})
-        self.max_batch = int(profile.get("max", self.engine.get_tensor_profile_shape("pixels", 0)[2][0]))
-        self.stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.max_batch = int(profile.get("max", high[0]))
+        self.min_batch = int(profile.get("min", low[0]))
         self._buffers: dict[str, tuple[int, int, np.ndarray]] = {}  # name -> (device ptr, host ptr, host view)
         self._capacity = 0
+        self.stream: Any = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.output_names = tuple(
             name for name in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT)
@@ -76,18 +83,30 @@ class TensorRTBackend(Backend):
             self.context.set_tensor_address(name, int(device))
         self._capacity = batch
 
-    def infer(self, pixels: np.ndarray, outputs: Sequence[str] = OUTPUTS) -> dict[str, np.ndarray]:
+    def tensors(self) -> LoadedTensors:
+        """The engine's IO tensors; dynamic dimensions (-1) as None."""
+        found = {}
+        for index in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(index)
+            dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name))).name
+            found[name] = (dtype, tuple(None if d < 0 else int(d) for d in self.engine.get_tensor_shape(name)))
+        return found
+
+    def infer(self, pixels: np.ndarray, outputs: Sequence[str] = FULL_OUTPUTS) -> dict[str, np.ndarray]:
         cudart = self._cudart
         batch = len(pixels)
-        if batch > self.max_batch:
-            raise BackendUnavailableError(f"batch {batch} exceeds the engine's profile max {self.max_batch}")
+        if self.stream is None:
+            raise BackendUnavailableError("trt: the backend was closed")
+        if not self.min_batch <= batch <= self.max_batch:
+            raise BackendUnavailableError(f"batch {batch} is outside the engine's profile "
+                                          f"{self.min_batch}..{self.max_batch}")
         self._allocate(batch)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        device, host, view = self._buffers["pixels"]
+        device, host, view = self._buffers[PIXELS]
         view[:batch] = pixels
         check_cuda(cudart.cudaMemcpyAsync(device, host, pixels.nbytes, h2d, self.stream), "cudaMemcpyAsync")
-        self.context.set_input_shape("pixels", tuple(pixels.shape))
+        self.context.set_input_shape(PIXELS, tuple(pixels.shape))
         if not self.context.execute_async_v3(self.stream):
             raise BackendUnavailableError("TensorRT execution failed")
         results = {}
@@ -108,4 +127,11 @@ class TensorRTBackend(Backend):
         self._capacity = 0
 
     def close(self) -> None:
+        """Free the buffers, destroy the stream and drop the engine (idempotent)."""
         self._free()
+        if self.stream is not None:
+            self._cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+        # the execution context before the engine it came from
+        self.context = None
+        self.engine = None

@@ -1,0 +1,36 @@
+"""Command-line options shared by the runtime's commands (``run``, ``watch``), declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from promptcam.core.cli import option_group
+
+from .backends import ENGINES
+
+model_options = option_group(
+    "Model and engine",
+    click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+                 help="Model directory written by promptcam-export."),
+    click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+                 help="auto: TensorRT plan > ORT CUDA > CPU, and says which it picked."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="ONNX Runtime intra-op threads (default: all cores)."),
+)
+
+explain_options = option_group(
+    "Classes and explanations",
+    click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True),
+    click.option("--traits", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Rank trait heads and keep K (0: off)."),
+    click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Write heatmap overlays here."),
+)
+
+
+def given(ctx: click.Context, *names: str) -> list[str]:
+    """The options among ``names`` that the user set on the command line (not left at their default)."""
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]

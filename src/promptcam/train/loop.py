@@ -47,10 +47,6 @@ class TrainOptions:
     batch_size: int = 16
     drop_path: float = 0.1
     prompt_dropout: float = 0.1
-    # "uniform": VPT's init (the published recipe); "cls": each layer's prompts start at the mean
-    # [cls] token entering that layer (plus the uniform noise), so they start out attending
-    # where the pretrained backbone's own classifier token does
-    prompt_init: str = "uniform"
     val_split: float | None = None
     seed: int = 0
     workers: int = 2
@@ -77,18 +73,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The seed of one epoch's randomness: a pure function of the run's seed, the epoch and the rank."""
     return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
-
-
-@torch.no_grad()
-def init_prompts_from_cls(model: PromptCAM, data: ImageFolderData, images: int = 64) -> None:
-    """Add the mean [cls] token entering each block (over ``images`` training images) to the prompts."""
-    batch = torch.stack([data[i][0] for i in range(min(images, len(data)))])
-    x = model.embed(batch)
-    means = []
-    for block in model.blocks:
-        means.append(x[:, 0].mean(0))
-        x = block(x)
-    model.vpt.prompt_embeddings.add_(torch.stack(means)[:, None, :])
 
 
 def build_datasets(options: TrainOptions, model_config_factory) -> tuple[ImageFolderData, ImageFolderData, list[str]]:  # noqa: ANN001
@@ -132,10 +116,6 @@ def _train(options: TrainOptions, dist_info: DistInfo, log) -> TrainResult:  # n
     train_set, val_set, names = build_datasets(options, make)
     model = holder["model"]
     model.freeze_backbone()
-    if options.prompt_init == "cls":
-        init_prompts_from_cls(model, train_set)
-    elif options.prompt_init != "uniform":
-        raise ConfigError(f"prompt_init must be 'uniform' or 'cls', got {options.prompt_init!r}")
     model.to(device)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``), every test of the trained demo model runs in one worker:
-    the model is trained once (minutes) while the other worker runs the rest of the suite."""
-    for item in items:
-        if "trained_world" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("trained_world"))
+    """Tests of the trained demo model run last: under pytest-xdist the other worker gets through the
+    rest of the suite while one worker trains the model (minutes), and they then share it."""
+    items.sort(key=lambda item: "trained_world" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +41,26 @@ def tiny_export(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="session")
-def trained_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The synthetic world, a pretrained micro backbone, trained prompts and their export (minutes)."""
+def trained_world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Path]:
+    """The synthetic world, a pretrained micro backbone, trained prompts and their export (minutes).
+
+    Under pytest-xdist the workers share one cache folder behind a file lock: the first trains, the
+    others reuse its stages (``run_demo`` caches each one).
+    """
+    from filelock import FileLock
+
     from promptcam.train.demo import run_demo
 
     # PROMPTCAM_TEST_CACHE reuses a demo cache across runs while developing; CI builds it fresh
     env = os.environ.get("PROMPTCAM_TEST_CACHE")
-    cache = Path(env) if env else tmp_path_factory.mktemp("demo_cache")
+    if env:
+        cache = Path(env)
+    elif not hasattr(request.config, "workerinput"):  # not an xdist worker
+        cache = tmp_path_factory.mktemp("demo_cache")
+    else:
+        cache = tmp_path_factory.getbasetemp().parent / "demo_cache"  # shared by this run's workers
     out = tmp_path_factory.mktemp("demo_out")
-    summary = run_demo(out, cache, log=lambda _: None)
+    with FileLock(str(cache) + ".lock"):
+        summary = run_demo(out, cache, log=lambda _: None)
     return {"world": cache / "world", "ckpt": cache / "run" / "best.pt", "model": cache / "model", "out": out,
             "summary": summary}

@@ -6,6 +6,7 @@ import io
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from promptcam.core.errors import PromptCamError
 from promptcam.models.preprocess import normalize_pixels
-from promptcam.models.promptcam import PromptCAM
+from promptcam.models.promptcam import ACTIVATION_LAYERS, PromptCAM
 
 RunFn = Callable[[np.ndarray], np.ndarray]  # pixels -> logits (or features for plain-vit)
 QualityFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # pixels -> (logits, attention), not timed
@@ -180,8 +181,11 @@ def plain_vit(model: PromptCAM, threads: int, *, cuda: bool = False) -> BenchBac
     if cuda:
         preload_cuda_libraries()
     cfg = model.config
+    # the same structure as the backbone: CLIP's ln_pre and bias-free patch embedding, QuickGELU, LayerNorm eps
     vit = VisionTransformer(img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
-                            num_heads=cfg.num_heads, num_classes=0, init_values=1e-5 if cfg.layerscale else None).eval()
+                            num_heads=cfg.num_heads, num_classes=0, init_values=1e-5 if cfg.layerscale else None,
+                            pre_norm=cfg.pre_norm, act_layer=ACTIVATION_LAYERS[cfg.act],
+                            norm_layer=partial(torch.nn.LayerNorm, eps=cfg.norm_eps)).eval()
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory(), torch.no_grad():
         torch.onnx.export(vit, torch.randn(1, 3, cfg.img_size, cfg.img_size), buffer, input_names=["x"],

@@ -16,8 +16,8 @@ from promptcam.core.cli import run_cli
 from .backends import BACKENDS
 
 
-def _bench_model(ckpt: Path | None, quick: bool, work: Path):  # noqa: ANN202
-    """The model to measure: a checkpoint, or random weights (speed does not depend on them)."""
+def _bench_model(ckpt: Path | None, quick: bool, work: Path, backbone: str = "dino_vitb16"):  # noqa: ANN202
+    """The model to measure: a checkpoint, or random weights of ``backbone`` (speed does not depend on them)."""
     import torch
 
     from promptcam.models.checkpoint import load_model, save_checkpoint
@@ -26,7 +26,7 @@ def _bench_model(ckpt: Path | None, quick: bool, work: Path):  # noqa: ANN202
     if ckpt is not None:
         return load_model(ckpt), ckpt
     torch.manual_seed(0)
-    model = create_model("vit_micro_patch8", 16) if quick else create_model("dino_vitb16", 200)
+    model = create_model("vit_micro_patch8", 16) if quick else create_model(backbone, 200)
     path = save_checkpoint(model.eval(), work / "bench_model.pt")
     return model.eval(), path
 
@@ -174,6 +174,9 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--ckpt", type=click.Path(path_type=Path), default=None,
               help="Checkpoint to measure (default: random ViT-B/16 Prompt-CAM, C=200).")
 @click.option("--quick", is_flag=True, help="A tiny model instead of ViT-B (seconds).")
+@click.option("--backbone", type=click.Choice(["dino_vitb16", "dinov2_vitb14", "bioclip_vitb16"]),
+              default="dino_vitb16", show_default=True,
+              help="Backbone of the random-weight model (without --ckpt), C=200.")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True)
 @click.option("--warmup", type=int, default=1, show_default=True)
@@ -199,10 +202,10 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
               help="Keep exports here and reuse them across runs (keyed by a digest of the weights).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
-def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: int, iters: int, seconds: float | None,
-         threads: int | None, e2e_images: int, real_scale: bool, real_scale_backends: str, eager_batches: str | None,
-         peer_device: str, compile_backend: str, compile_mode: str | None, profile_batch: int, work: Path | None,
-         out: Path, verbose: bool) -> None:
+def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: str, warmup: int, iters: int,
+         seconds: float | None, threads: int | None, e2e_images: int, real_scale: bool, real_scale_backends: str,
+         eager_batches: str | None, peer_device: str, compile_backend: str, compile_mode: str | None,
+         profile_batch: int, work: Path | None, out: Path, verbose: bool) -> None:
     """Measure every backend side by side; write bench.json, bench.md and bench.png to OUT."""
 
     def body() -> None:
@@ -237,7 +240,7 @@ def main(ckpt: Path | None, quick: bool, batches: str, backends: str, warmup: in
         with tempfile.TemporaryDirectory() as tmp:
             work_dir = Path(tmp) if work is None else work
             work_dir.mkdir(parents=True, exist_ok=True)
-            model, path = _bench_model(ckpt, quick, work_dir)
+            model, path = _bench_model(ckpt, quick, work_dir, backbone)
             if work is not None:  # exports of other weights must never be reused
                 work_dir = work / _weights_key(model)
                 work_dir.mkdir(exist_ok=True)

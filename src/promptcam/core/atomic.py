@@ -33,22 +33,11 @@ def fsync_dir(folder: str | Path) -> None:
 def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8", newline: str | None = None,
                 durable: bool = True) -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on a clean exit it replaces ``path``, on an error it is removed."""
-    path = Path(path)
     binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
+
+    with _temp_beside(path, durable=durable) as tmp:
+        with open(tmp, mode, encoding=None if binary else encoding, newline=None if binary else newline) as fh:
             yield fh
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> Path:
@@ -65,11 +54,23 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = True) -> P
 
 def atomic_write_with(path: str | Path, writer: Callable[[Path], object], *, durable: bool = True) -> Path:
     """For libraries that write to a path themselves (``torch.save``, ``onnx.save``, Parquet)."""
+    with _temp_beside(path, durable=durable) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _temp_beside(path: str | Path, *, durable: bool) -> Iterator[Path]:
+    """A unique temp path in ``path``'s folder; after the body: fsync it, rename it over ``path``, fsync the folder.
+
+    On an error the temp file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
     os.close(fd)
+    tmp = Path(name)
     try:
-        writer(Path(tmp))
+        yield tmp
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -80,4 +81,3 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], object], *, dur
         raise
     if durable:
         fsync_dir(path.parent)
-    return path

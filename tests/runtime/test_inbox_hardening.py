@@ -19,7 +19,8 @@ from helpers import run_cli
 from promptcam.runtime.archive import FAULT_EXIT, fit_name, valid_taken_at
 from promptcam.runtime.images import is_image_path
 from promptcam.runtime.inbox import TEMP_SUFFIXES
-from promptcam.runtime.store import ResultRow, ResultStore, name_from_db
+from promptcam.runtime.results import ImageRecord
+from promptcam.runtime.store import ResultStore, name_from_db
 
 
 def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> set[str]:
@@ -188,10 +189,10 @@ def test_identical_reupload_is_a_counted_duplicate(tiny_export, tmp_path) -> Non
 def test_store_keeps_the_batch_when_one_row_is_refused(tmp_path) -> None:
     store = ResultStore(tmp_path / "db.sqlite")
     bad_name = os.fsdecode(b"caf\xe9.jpg")
-    rows = [ResultRow(source="s", file="good.jpg", sha256="1"),
-            ResultRow(source="s", file=bad_name, sha256="2", failure=f"{bad_name}: broken"),
-            ResultRow(source="s", file="huge.jpg", sha256="3", width=2**70),  # SQLite cannot bind it
-            ResultRow(source="s", file="after.jpg", sha256="4")]
+    rows = [ImageRecord(source="s", file="good.jpg", sha256="1"),
+            ImageRecord(source="s", file=bad_name, sha256="2", failure=f"{bad_name}: broken"),
+            ImageRecord(source="s", file="huge.jpg", sha256="3", width=2**70),  # SQLite cannot bind it
+            ImageRecord(source="s", file="after.jpg", sha256="4")]
     assert store.add(rows) == 4
     stored = {name_from_db(r["file"], r["file_raw"]): r for r in store.rows()}
     store.close()

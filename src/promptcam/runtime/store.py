@@ -103,10 +103,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# the one result record of every mode (file runs, Ray, inbox, streams); the station code's name for it
-ResultRow = ImageRecord
-
-
 def record_from_row(row: dict[str, Any]) -> ImageRecord:
     """The record of a ``results`` row (as ``ResultStore.rows`` yields it): the one conversion from SQLite."""
     return ImageRecord(
@@ -168,7 +164,7 @@ class ResultStore:
     def close(self) -> None:
         self.db.close()
 
-    def add(self, rows: Iterable[ResultRow], log: Callable[[str], None] | None = None) -> int:
+    def add(self, rows: Iterable[ImageRecord], log: Callable[[str], None] | None = None) -> int:
         """Insert a batch in one transaction; rows already present (same source, file, content) are kept.
 
         A row SQLite refuses (a value it cannot bind) is stored as a failure row in its place, and
@@ -185,7 +181,7 @@ class ResultStore:
                     self.db.execute(sql, _values(row))
                 except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.ProgrammingError, ValueError,
                         TypeError, OverflowError) as exc:
-                    fallback = ResultRow(source=row.source, file=row.file, sha256=row.sha256, size=row.size,
+                    fallback = ImageRecord(source=row.source, file=row.file, sha256=row.sha256, size=row.size,
                                          mtime_ns=row.mtime_ns, stored_path=row.stored_path,
                                          failure=f"{db_text(row.file)}: result could not be stored ({exc})")
                     try:
@@ -289,7 +285,7 @@ class PendingMove:
     stored_path: str
 
 
-def _values(r: ResultRow) -> tuple[Any, ...]:
+def _values(r: ImageRecord) -> tuple[Any, ...]:
     text, raw = name_to_db(r.file)
     return (db_text(r.source), text, r.sha256, r.size, r.mtime_ns, db_text(r.taken_at), r.processed_at or utc_now(),
             "ok" if r.failure is None else "failed",

@@ -16,12 +16,12 @@ import onnxruntime as ort
 import pytest
 
 from helpers import official_checkpoint, run_cli
-from promptcam.benchmarks.checkpoints import real_scale_model, smooth_pixels
+from promptcam.benchmarks.checkpoints import real_scale_model
 from promptcam.core.errors import ExportError, ValidationError
 from promptcam.core.manifest import read_manifest
 from promptcam.export import passes
 from promptcam.export.gates import Int8Gates
-from promptcam.export.passes import ExportOptions, export_model, run_passes
+from promptcam.export.passes import ExportOptions, export_model, run_passes, synthetic_pixels
 from promptcam.export.validate import compare, eager_outputs
 from promptcam.models.checkpoint import load_model, save_checkpoint
 
@@ -79,12 +79,14 @@ def _held_out(model_dir: Path, ckpt: Path, pixels: np.ndarray) -> dict[str, floa
 
 
 def test_real_scale_vit_b_int8_meets_gates(vitb_real_scale, tmp_path) -> None:
-    """Measured here: with all 4 blocks in int8 (with or without SmoothQuant) one of the 5 validation
-    images changes its top-1 class (a near tie among 200 classes); the search keeps the most sensitive
-    block (block0) in float32 and the written model meets every gate against eager PyTorch. On other
-    CPUs the plan may differ; what must hold is that whatever is written meets the gates."""
+    """Without --calib the search and the gates see 33 synthetic images (batch 1 and 32 of coarse to
+    fine detail: five, as before, let a plan pass that flipped 1 in 8 answers on other images).
+    Measured here: all 4 blocks in int8 with SmoothQuant meet the gates (top-1 1.0, worst map 0.959),
+    and 16 held-out images agree too. On other CPUs the plan may differ; what must hold is that
+    whatever is written meets the gates, on the validation images and on images it never saw."""
     out = tmp_path / "out"
     ctx = export_model(ExportOptions(ckpt=vitb_real_scale, out=out, precision="int8"), **QUIET)
+    assert ctx.validation["images"] == 33
     gates = Int8Gates()
     assert not gates.failures(ctx.validation), ctx.validation
     assert ctx.validation["top1_agreement"] >= 0.99 and ctx.validation["attention_min_correlation"] >= 0.9
@@ -112,11 +114,12 @@ def test_real_scale_vit_b_int8_meets_gates(vitb_real_scale, tmp_path) -> None:
     assert all(e["rel_error"] > 1e-3 for e in layers if e["int8"])
     assert all(e["rel_error"] < 1e-4 for e in layers if e["block"] < first_int8)
     # images the export never saw: the answer still agrees and the maps stay close
-    held_out = _held_out(out, vitb_real_scale, smooth_pixels(6, 224, seed=123))
+    held_out = _held_out(out, vitb_real_scale, synthetic_pixels(16, 224, seed=123))
     print("real-scale ViT-B (4 blocks) int8:", report["plan"], {k: round(ctx.validation[k], 5) for k in GATED},
           "held-out:", {k: round(v, 5) for k, v in held_out.items()})
     assert held_out["max_abs_logit"] > 20  # the scale of trained checkpoints, where naive int8 broke
     assert held_out["attention_mean_correlation"] >= 0.99 and held_out["attention_min_correlation"] >= 0.9
+    assert held_out["top1_agreement"] >= 15 / 16  # at most one near tie among 200 classes flips
 
 
 def test_trained_demo_static_int8_keeps_the_explanation(trained_world, tmp_path) -> None:
@@ -228,7 +231,7 @@ def test_bench_rows_carry_int8_quality_on_real_scale_weights(tmp_path) -> None:
     and on a real-scale checkpoint of the same architecture."""
     result = run_cli("promptcam-bench", "--quick", "--batch", "2", "--iters", "1", "--warmup", "0", "--e2e-images", "0",
                      "--backends", "eager-official,ort-cpu-fp32,ort-cpu-int8", "--real-scale-backends",
-                     "ort-cpu-fp32,ort-cpu-int8", "--out", tmp_path)
+                     "ort-cpu-fp32,ort-cpu-int8", "--real-size-frames", "0", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "bench.json").read_text())
     scaled = data["real_scale"]
@@ -256,7 +259,7 @@ def test_smoothquant_folding_keeps_the_float32_function(micro_real_scale) -> Non
 
     graph, depth = _micro_graph(micro_real_scale)
     targets = find_targets(graph, depth)
-    pixels = smooth_pixels(4, 64, seed=5)
+    pixels = synthetic_pixels(4, 64, seed=5)
     stats = calibrate(graph, targets, [pixels])
     smoothed = smooth_model(graph, targets, stats.channel_absmax, 0.5)
     changed = {i.name for i in graph.graph.initializer} & {t.weight for t in targets if t.role in ("qkv", "fc1")}
@@ -278,7 +281,7 @@ def test_static_int8_for_tensorrt_has_symmetric_activations(micro_real_scale) ->
     from promptcam.export.quantize import search_int8
 
     graph, depth = _micro_graph(micro_real_scale)
-    calib = [smooth_pixels(8, 64, seed=s) for s in (21, 22)]
+    calib = [synthetic_pixels(8, 64, seed=s) for s in (21, 22)]
     result = search_int8(graph, depth=depth, mode="static", batches=calib, gates=Int8Gates(), calibration=calib,
                          signed_activations=True, search=False, **QUIET)
     zeros = {i.name: onnx.numpy_helper.to_array(i) for i in result.model.graph.initializer

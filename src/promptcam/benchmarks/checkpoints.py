@@ -4,20 +4,12 @@ as trained CUB checkpoints do."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from promptcam.export.passes import synthetic_pixels
 from promptcam.models.factory import create_model
 from promptcam.models.preprocess import normalize_pixels
 from promptcam.models.promptcam import PromptCAM
-
-
-def smooth_pixels(batch: int, size: int, seed: int) -> np.ndarray:
-    """Smooth random RGB images (bicubic-upsampled 8x8 noise), deterministic per seed."""
-    import cv2
-
-    coarse = np.random.default_rng(seed).integers(0, 256, size=(batch, 8, 8, 3)).astype(np.uint8)
-    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC) for img in coarse])
 
 
 @torch.no_grad()
@@ -46,7 +38,7 @@ def real_scale_model(arch: str = "dino_vitb16", num_classes: int = 200, *, seed:
             p.copy_(torch.rand_like(p) * 0.5 + 0.5)
         else:
             p.add_(torch.randn_like(p) * (0.2 if p.dim() == 1 else 0.05))
-    pixels = smooth_pixels(2, model.config.img_size, seed)
+    pixels = synthetic_pixels(2, model.config.img_size, seed)
     logits, _ = model(normalize_pixels(pixels, model.config), return_attention=True)
     factor = logit_scale / float(logits.abs().max())
     model.head.weight.mul_(factor)

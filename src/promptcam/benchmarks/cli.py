@@ -70,13 +70,25 @@ def _eager_maps(model: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return logits.float().cpu().numpy(), attention.float().cpu().numpy()
 
 
+class _Batched:
+    """A backend's ``quality`` call over many images, eight at a time (within every backend's batch range)."""
+
+    def __init__(self, backend: Any, batch: int = 8) -> None:
+        self.backend, self.batch = backend, batch
+
+    def quality(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [self.backend.quality(pixels[i:i + self.batch]) for i in range(0, len(pixels), self.batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _real_scale_rows(model: Any, names: list[str], sizes: list[int], work: Path, threads: int,
-                     eager_p50: dict[int, float], echo: Any, **timing: Any) -> dict[str, Any]:
+                     eager_p50: dict[int, float], echo: Any, quality_images: int = 64, **timing: Any) -> dict[str, Any]:
     """The same architecture at the scale of trained checkpoints (logits ~±40): where int8 can fail."""
+    from promptcam.export.passes import synthetic_pixels, synthetic_pool
     from promptcam.models.checkpoint import save_checkpoint
 
     from .backends import Skipped, predictor_backend
-    from .checkpoints import real_scale_model, smooth_pixels
+    from .checkpoints import real_scale_model
     from .measure import time_backend
 
     cfg = model.config
@@ -90,13 +102,18 @@ def _real_scale_rows(model: Any, names: list[str], sizes: list[int], work: Path,
             built[name] = predictor_backend(name, path, folder, threads, max(sizes))
         except Skipped as exc:
             skipped[name] = str(exc)
+    # quality on images neither the int8 search (export seed 0) nor the timing batches use, in batches
+    # of eight; it does not depend on the timed batch size, so every row of a backend reports the same
+    quality_pixels = synthetic_pool(quality_images, cfg.img_size, seed=7)
+    reference = _eager_maps(scaled, quality_pixels)
+    quality = {name: _quality(_Batched(backend), quality_pixels, reference) if backend.quality else {}
+               for name, backend in built.items()}
     rows = []
     for batch in sizes:
-        # smooth images (the weights were scaled on others): uniform noise is far from photos
-        pixels = smooth_pixels(batch, cfg.img_size, seed=1000 + batch)
-        reference = _eager_maps(scaled, pixels)
+        pixels = synthetic_pixels(batch, cfg.img_size, seed=1000 + batch)
         for name, backend in built.items():
-            row = asdict(time_backend(name, backend.run, pixels, **timing)) | _quality(backend, pixels, reference)
+            row = asdict(time_backend(name, backend.run, pixels, **timing)) | quality[name]
+            row["quality_images"] = quality_images
             if batch in eager_p50:  # same architecture and batch: eager speed does not depend on the weights
                 row["speedup_vs_eager_official"] = eager_p50[batch] / row["p50_ms"]
             rows.append(row)
@@ -185,6 +202,8 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--threads", type=int, default=None, help="Threads for torch and ORT (default: all cores).")
 @click.option("--e2e-images", type=int, default=64, show_default=True,
               help="Images for the folder measurement (0: off).")
+@click.option("--real-size-frames", type=int, default=16, show_default=True,
+              help="Frames of the real-size row: 12 MP JPEGs against the same frames pre-shrunk (0: off).")
 @click.option("--real-scale/--no-real-scale", default=True, show_default=True,
               help="Also measure on a real-scale checkpoint of the same architecture (logits ~±40).")
 @click.option("--real-scale-backends", default="ort-cpu-fp32,ort-cpu-int8,ort-cuda-fp16,trt-fp16", show_default=True,
@@ -203,9 +222,9 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: str, warmup: int, iters: int,
-         seconds: float | None, threads: int | None, e2e_images: int, real_scale: bool, real_scale_backends: str,
-         eager_batches: str | None, peer_device: str, compile_backend: str, compile_mode: str | None,
-         profile_batch: int, work: Path | None, out: Path, verbose: bool) -> None:
+         seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, real_scale: bool,
+         real_scale_backends: str, eager_batches: str | None, peer_device: str, compile_backend: str,
+         compile_mode: str | None, profile_batch: int, work: Path | None, out: Path, verbose: bool) -> None:
     """Measure every backend side by side; write bench.json, bench.md and bench.png to OUT."""
 
     def body() -> None:
@@ -327,6 +346,16 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
                     pure = next(r for r in rows if r["backend"] == primary.name and r["batch"] == best_batch)
                     result["end_to_end"] = _end_to_end(primary.model_dir, primary.engine, pure["images_per_second"],
                                                        best_batch, n_threads, work_dir, e2e_images)
+                if real_size_frames:
+                    from promptcam.runtime.realsize import real_size_row
+
+                    # on a CPU the int8 export when built: the fastest model leaves decoding the least room
+                    sized = primary if primary.on_gpu else built.get("ort-cpu-int8", primary)
+                    real = result["real_size"] = real_size_row(sized.model_dir, sized.engine, threads=n_threads,
+                                                               frames=real_size_frames, batch=max(sizes))
+                    real["backend"] = sized.name
+                    click.echo(f"  real-size: 12 MP {real['large_img_per_s']:.1f} img/s, pre-shrunk "
+                               f"{real['small_img_per_s']:.1f} img/s, ratio {real['ratio']}")
             if profile_batch:
                 result["profile"] = _profile(built, profile_batch, n_threads, out)
             paths = write_reports(result, out)

@@ -40,10 +40,13 @@ def markdown(result: dict[str, Any]) -> str:
                   "GPU rows' \"vs plain-vit\" is against plain-vit-cuda."]
     scaled = result.get("real_scale")
     if scaled:
+        shown = next((r.get("quality_images") for r in scaled["rows"]), None)
         lines += ["", f"## Real-scale weights: {scaled['model']}", "",
                   "Quality depends on the weights: random initialisation flatters int8. Every row: agreement with "
-                  "eager float32 on the same weights; speed vs eager-official of the table above (same architecture "
-                  "and batch).", "",
+                  "eager float32 on the same weights"
+                  + (f", over {shown} synthetic images that neither the int8 search nor the timing used" if shown
+                     else "")
+                  + "; speed vs eager-official of the table above (same architecture and batch).", "",
                   "| backend | batch | p50 ms | img/s | vs eager-official | max abs diff | top-1 agree "
                   "| attention corr mean | worst map |", "| --- |" + " ---: |" * 8]
         for row in scaled["rows"]:
@@ -67,6 +70,23 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "ORT profile: " + (f"skipped: {profile['skipped']}" if "skipped" in profile else
                                          f"{profile['backend']} at batch {profile['batch']}, see {profile['summary']}")]
     lines += ["", result.get("tensorrt_note", TENSORRT_NOTE)]
+    real = result.get("real_size")
+    if real:
+        lines += ["", f"## Real-size: {real['frames']} camera-trap frames as {real['size']} JPEGs "
+                  f"(quality {real['jpeg_quality']}, {real['mean_file_mb']} MB each) against the same frames "
+                  "pre-shrunk", "",
+                  f"promptcam-run, {real.get('backend', '')} ({real['engine']}), batch {real['batch']}, "
+                  f"{real['workers']} decoding threads, "
+                  f"JPEG decoder {real.get('jpeg_decoder', 'opencv')}; fastest of the alternated runs.", "",
+                  "| folder | img/s | vs pre-shrunk | CPU ms per image |", "| --- | ---: | ---: | ---: |",
+                  f"| pre-shrunk | {real['small_img_per_s']:.1f} | 1.00 | "
+                  f"{fmt(real, 'small_cpu_ms_per_image', '.0f')} |",
+                  f"| 12 MP, decoded at the size needed | {real['large_img_per_s']:.1f} | {real['ratio']:.2f} | "
+                  f"{fmt(real, 'large_cpu_ms_per_image', '.0f')} |",
+                  f"| 12 MP, full decode | {real['large_full_decode_img_per_s']:.1f} | "
+                  f"{real['ratio_full_decode']:.2f} | {fmt(real, 'large_full_decode_cpu_ms_per_image', '.0f')} |",
+                  "", "CPU ms per image: the process's CPU time over all threads (least of the runs), steadier than "
+                  "img/s when other work shares the machine."]
     for key, title in (("end_to_end", "End to end (promptcam-run on a folder)"), ("traits", "Trait ranking")):
         if result.get(key):
             lines += ["", f"{title}:"] + [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}"

@@ -32,6 +32,9 @@ from promptcam.core.cli import run_cli
               help="int8: minimum correlation of the worst single (image, class, head) attention map.")
 @click.option("--int8-search/--no-int8-search", default=True, show_default=True,
               help="int8: keep the most sensitive blocks in float32 until the gates pass (int8_report.md).")
+@click.option("--int8-images", type=int, default=32, show_default=True,
+              help="int8 without --calib: synthetic images the search and the gates run on (--calib is better: "
+                   "real images of the deployment).")
 @click.option("--int8-budget", type=float, default=240.0, show_default=True,
               help="int8: seconds after which the search starts no new trial.")
 @click.option("--force", is_flag=True,
@@ -50,8 +53,9 @@ from promptcam.core.cli import run_cli
 @click.option("--verbose", is_flag=True, help="Show tracebacks.")
 def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
          validate: bool, calib: Path | None, int8_mode: str | None, gate_top1: float, gate_attention_mean: float,
-         gate_attention_min: float, int8_search: bool, int8_budget: float, force: bool, engine: str, attention: str,
-         trt_batch: str, triton_repo: Path | None, triton_kind: str, timing_cache: Path | None, verbose: bool) -> None:
+         gate_attention_min: float, int8_search: bool, int8_images: int, int8_budget: float, force: bool, engine: str,
+         attention: str, trt_batch: str, triton_repo: Path | None, triton_kind: str, timing_cache: Path | None,
+         verbose: bool) -> None:
     """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
 
     def body() -> None:
@@ -67,7 +71,7 @@ def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, ops
             ckpt=ckpt, out=out or ckpt.parent / f"{ckpt.stem}_export", classes=classes, precision=precision,
             opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
             int8_mode=int8_mode, int8_gates=Int8Gates(gate_top1, gate_attention_mean, gate_attention_min),
-            int8_search=int8_search, int8_budget_s=int8_budget, force=force,
+            int8_search=int8_search, int8_synthetic_images=int8_images, int8_budget_s=int8_budget, force=force,
             engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
             attention=None if attention == "auto" else attention,
             timing_cache=timing_cache, triton_repo=triton_repo, triton_kind=f"KIND_{triton_kind.upper()}",

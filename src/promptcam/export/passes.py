@@ -60,6 +60,9 @@ class ExportOptions:
     batch: int | None = None  # None: dynamic batch
     validate: bool = True
     validation_batch: int = 4
+    # int8 without --calib: the search and the gates see this many synthetic images (five, as fp32/fp16
+    # validate on, let a plan pass that flipped 1 in 8 answers on other images of a real-scale checkpoint)
+    int8_synthetic_images: int = 32
     calib: Path | None = None
     calib_limit: int = 64
     int8_mode: str | None = None  # "dynamic" | "static"; default: static when --calib is given
@@ -84,6 +87,8 @@ class ExportOptions:
             raise ExportError(f"opset must be >= {MIN_OPSET} (LayerNormalization), got {self.opset}")
         if self.batch is not None and self.batch < 1:
             raise ExportError(f"batch must be >= 1, got {self.batch}")
+        if self.int8_synthetic_images < 1:
+            raise ExportError(f"int8 synthetic validation images must be >= 1, got {self.int8_synthetic_images}")
         if self.engine not in (None, "trt"):
             raise ExportError(f"engine must be 'trt' or omitted, got {self.engine!r}")
         if self.int8_mode is None:
@@ -492,13 +497,21 @@ def exporter_versions(opset: int) -> dict[str, Any]:
             "torch": torch.__version__, "opset": opset}
 
 
-def synthetic_pixels(batch: int, size: int, seed: int) -> np.ndarray:
-    """Smooth random RGB images (low-frequency noise), deterministic per seed."""
+def synthetic_pixels(batch: int, size: int, seed: int, coarse: int = 8) -> np.ndarray:
+    """Smooth random RGB images (bicubic-upsampled ``coarse`` x ``coarse`` noise), deterministic per seed."""
     import cv2
 
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(batch, 8, 8, 3)).astype(np.uint8)
-    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC) for img in coarse])
+    grid = rng.integers(0, 256, size=(batch, coarse, coarse, 3)).astype(np.uint8)
+    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC) for img in grid])
+
+
+def synthetic_pool(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """``count`` synthetic images from coarse (large blobs) to fine (texture) detail, interleaved, so
+    any prefix mixes every kind."""
+    grids = (4, 8, 16, 32)
+    kinds = [synthetic_pixels(-(-count // len(grids)), size, seed=seed * 101 + g, coarse=g) for g in grids]
+    return np.stack([kinds[i % len(grids)][i // len(grids)] for i in range(count)])
 
 
 def load_calibration(folder: Path, model: PromptCAM, limit: int, batch: int = 8) -> list[np.ndarray]:
@@ -519,13 +532,19 @@ def load_calibration(folder: Path, model: PromptCAM, limit: int, batch: int = 8)
 
 
 def validation_batches(ctx: ExportContext) -> list[np.ndarray]:
+    """The images validation (and the int8 search) run on: batch 1 plus real calibration images when
+    given; else synthetic ones, five for fp32/fp16 (numerical equivalence), ``int8_synthetic_images``
+    for int8 (agreement of answers, which five images cannot measure)."""
     opts, cfg = ctx.options, ctx.require("model").config
-    sizes = [opts.batch] if opts.batch else [1, opts.validation_batch]
     if ctx.calibration:
-        # batch 1, then every calibration image: agreement is measured on real images, not five
         pool = np.concatenate(ctx.calibration)
-        if opts.batch:
-            whole = [pool[i:i + opts.batch] for i in range(0, len(pool) - opts.batch + 1, opts.batch)]
-            return whole or [pool[np.arange(opts.batch) % len(pool)]]
-        return [pool[:1], *ctx.calibration]
-    return [synthetic_pixels(n, cfg.img_size, seed=n) for n in sizes]
+    elif opts.precision == "int8":
+        pool = synthetic_pool(opts.int8_synthetic_images, cfg.img_size)
+    else:
+        sizes = [opts.batch] if opts.batch else [1, opts.validation_batch]
+        return [synthetic_pixels(n, cfg.img_size, seed=n) for n in sizes]
+    if opts.batch:
+        whole = [pool[i:i + opts.batch] for i in range(0, len(pool) - opts.batch + 1, opts.batch)]
+        return whole or [pool[np.arange(opts.batch) % len(pool)]]
+    # batch 1 (the dynamic axis at its smallest), then every image in batches of eight
+    return [pool[:1], *(pool[i:i + 8] for i in range(0, len(pool), 8))]

@@ -8,7 +8,7 @@ import click
 
 from promptcam.core.cli import grouped_command, option_group, run_cli, verbose_option
 
-from .options import explain_options, given, model_options
+from .options import category_list, det_categories_option, det_threshold_option, explain_options, given, model_options
 
 FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress")
 STREAM_OPTIONS = ("every", "on_motion", "db", "max_frames", "duration", "stall_timeout")
@@ -67,10 +67,8 @@ RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
     click.option("--detections", "detections_file", type=click.Path(path_type=Path), default=None,
                  help="Classify the crops of this detector file's boxes (MegaDetector batch output 1.x) instead of "
                       "whole frames; results.json is that file with classifications added."),
-    click.option("--det-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
-                 help="Classify detections at or above this confidence."),
-    click.option("--det-categories", default="animal", show_default=True,
-                 help="Detection categories to classify, comma-separated names or ids."),
+    det_threshold_option,
+    det_categories_option,
     click.option("--detections-root", type=click.Path(path_type=Path), default=None,
                  help="Folder the detector file's relative paths start from (default: each input folder)."),
 )
@@ -178,8 +176,7 @@ def _detection_options(path: Path | None, threshold: float, categories: str, roo
         return None
     from .detection_run import DetectionOptions
 
-    names = tuple(c.strip() for c in categories.split(",") if c.strip())
-    return DetectionOptions(path=path, threshold=threshold, categories=names, root=root)
+    return DetectionOptions(path=path, threshold=threshold, categories=category_list(categories), root=root)
 
 
 def _report(summary) -> None:  # noqa: ANN001 - RunSummary, imported lazily

@@ -28,7 +28,16 @@ import numpy as np
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError, PromptCamError
 
-from .crops import CROP_MARGIN, BoxHeat, clip_box, crop_reduction, crop_square, cut_square, overlay_boxes
+from .crops import (
+    CROP_MARGIN,
+    BoxHeat,
+    CropSquare,
+    clip_box,
+    crop_reduction,
+    crop_square,
+    cut_square,
+    overlay_boxes,
+)
 from .detections import (
     DEFAULT_CATEGORIES,
     DEFAULT_THRESHOLD,
@@ -141,40 +150,13 @@ class DetectionPlan:
             return LoadedImage(item, np.empty((0, size, size, 3), np.uint8), squares=[])
         name = str(item.path)
         try:
-            data = read_file_bytes(item.path)
-            width, height = check_dimensions(data, name)
-            reduction = self._reduction(data, width, height, boxes, size, keep_original) if reduce else 1
-            rw, rh = reduced_size(width, height, reduction)
-            with DECODE_BUDGET.hold(rw * rh):
-                rgb = decode_image(data, name, reduction=reduction)
-                del data
-                full = full_size_of((width, height), rgb, reduction)
-                scale = rgb.shape[1] / full[1]
-                squares = [crop_square(b, full[1], full[0]) for b in boxes]
-                crops = np.empty((len(boxes), size, size, 3), np.uint8)
-                for i, square in enumerate(squares):
-                    resize_for_model(cut_square(rgb, square, scale), config, crops[i])
-                original = heatmap_original(rgb) if keep_original else None
+            photo = decode_crops(read_file_bytes(item.path), name, boxes, config, keep_original=keep_original,
+                                 reduce=reduce)
         except ImageError as exc:
             return LoadedImage(item, failure=str(exc))
         except (OSError, cv2.error, MemoryError, ValueError) as exc:
             return LoadedImage(item, failure=f"{name}: cannot decode image ({type(exc).__name__}: {exc})")
-        return LoadedImage(item, crops, full, original, squares=squares)
-
-    @staticmethod
-    def _reduction(data: np.ndarray, width: int, height: int, boxes: Sequence[Sequence[float]], size: int,
-                   keep_original: bool) -> int:
-        """The JPEG reduction for a photo's crops: its smallest crop stays at or above the model's size
-        (the crop side is bounded below with the photo's shorter side, whatever its EXIF orientation),
-        and with heatmaps the preview's long side at or above ``HEATMAP_PREVIEW_SIDE``."""
-        if not is_jpeg(data):
-            return 1
-        smallest = min(max(clip_box(b)[2:]) for b in boxes) * min(width, height) * (1 + 2 * CROP_MARGIN)
-        reduction = crop_reduction(smallest, size)
-        long_side = max(width, height)
-        while keep_original and reduction > 1 and long_side / reduction < min(HEATMAP_PREVIEW_SIDE, long_side):
-            reduction //= 2
-        return reduction
+        return LoadedImage(item, photo.crops, photo.full, photo.original, squares=photo.squares)
 
     def predict(self, predictor: Predictor, loaded: list[LoadedImage], options: RunOptions,
                 batch: np.ndarray | None = None) -> dict[int, list[Prediction]]:
@@ -185,12 +167,7 @@ class DetectionPlan:
             return {}
         pixels = np.concatenate([item.pixels for item in good])
         classes = [options.explain_class] if options.explain_class else None
-        size = predictor.config.img_size
-        predictions: list[Prediction] = []
-        for start in range(0, len(pixels), predictor.batch_size):
-            part = pixels[start:start + predictor.batch_size]
-            predictions += predictor.predict_pixels(part, [(size, size)] * len(part), top_k=options.top_k,
-                                                    classes=classes)
+        predictions = predict_crops(predictor, pixels, top_k=options.top_k, classes=classes)
         out: dict[int, list[Prediction]] = {}
         start = 0
         for item in good:
@@ -234,20 +211,105 @@ class DetectionPlan:
         record.file = entry["file"]  # the detector's spelling: Timelapse finds the photo by it
         if loaded.size is not None:
             record.height, record.width = loaded.size
-        detections = [dict(d) for d in entry["detections"]]
-        boxes: list[BoxHeat] = []
-        for index, prediction, square in zip(self.selected(loaded.item), predictions, loaded.squares or [],
-                                             strict=True):
-            detections[index]["classifications"] = [[str(c.index), round_probability(c.probability)]
-                                                    for c in prediction.top_k]
-            explained = explained_index(prediction)
-            boxes.append(BoxHeat(detections[index]["bbox"], square, prediction.attention_mean(explained),
-                                 predictor.class_names[prediction.top1.index]))
-        record.detections = detections
+        record.detections, boxes = classified_detections(entry["detections"], self.selected(loaded.item),
+                                                         predictions, loaded.squares or [], predictor)
         if options.heatmaps is not None and loaded.original is not None and boxes and loaded.size is not None:
             heat_path, _ = heatmap_files.get(loaded.item.name) or heatmap_paths(options.heatmaps, loaded.item.name)
             record.heatmap = str(write_image(heat_path, overlay_boxes(loaded.original, loaded.size, boxes)))
         return record
+
+
+@dataclass
+class PhotoCrops:
+    """One photo decoded once for all of its crops.
+
+    Attributes:
+        full: (height, width) of the full-size, EXIF-oriented photo (the boxes' frame).
+        squares: The crop square of each box, in full-size pixels.
+        crops: The crops at the model's input size, (N, S, S, 3) uint8 RGB.
+        original: The heatmap preview of the photo (None when not asked for).
+    """
+
+    full: tuple[int, int]
+    squares: list[CropSquare]
+    crops: np.ndarray
+    original: np.ndarray | None
+
+
+def decode_crops(data: bytes | np.ndarray, name: str, boxes: Sequence[Sequence[float]], config: ModelConfig, *,
+                 keep_original: bool, reduce: bool = True) -> PhotoCrops:
+    """Decode a photo once, at the largest JPEG reduction its smallest crop allows, and cut every crop.
+
+    Args:
+        data: The file's bytes (released as soon as the photo is decoded).
+        name: The photo's name, for errors.
+        boxes: Normalised ``[x, y, w, h]`` boxes (at least one).
+        keep_original: Also keep the heatmap preview.
+        reduce: Allow a reduced JPEG decode.
+
+    Raises:
+        ImageError: unreadable, too large, or does not decode (OpenCV errors pass through).
+    """
+    size = config.img_size
+    width, height = check_dimensions(data, name)
+    reduction = _crop_decode_reduction(data, width, height, boxes, size, keep_original) if reduce else 1
+    rw, rh = reduced_size(width, height, reduction)
+    with DECODE_BUDGET.hold(rw * rh):
+        rgb = decode_image(data, name, reduction=reduction)
+        del data
+        full = full_size_of((width, height), rgb, reduction)
+        scale = rgb.shape[1] / full[1]
+        squares = [crop_square(b, full[1], full[0]) for b in boxes]
+        crops = np.empty((len(boxes), size, size, 3), np.uint8)
+        for i, square in enumerate(squares):
+            resize_for_model(cut_square(rgb, square, scale), config, crops[i])
+        original = heatmap_original(rgb) if keep_original else None
+    return PhotoCrops(full, squares, crops, original)
+
+
+def _crop_decode_reduction(data: bytes | np.ndarray, width: int, height: int, boxes: Sequence[Sequence[float]],
+                           size: int, keep_original: bool) -> int:
+    """The JPEG reduction for a photo's crops: its smallest crop stays at or above the model's size
+    (the crop side is bounded below with the photo's shorter side, whatever its EXIF orientation),
+    and with heatmaps the preview's long side at or above ``HEATMAP_PREVIEW_SIDE``."""
+    if not is_jpeg(data):
+        return 1
+    smallest = min(max(clip_box(b)[2:]) for b in boxes) * min(width, height) * (1 + 2 * CROP_MARGIN)
+    reduction = crop_reduction(smallest, size)
+    long_side = max(width, height)
+    while keep_original and reduction > 1 and long_side / reduction < min(HEATMAP_PREVIEW_SIDE, long_side):
+        reduction //= 2
+    return reduction
+
+
+def predict_crops(predictor: Predictor, crops: np.ndarray, *, top_k: int,
+                  classes: Sequence[str] | None = None) -> list[Prediction]:
+    """Crops at the model's size, (N, S, S, 3) uint8, through the backend in batches of its size."""
+    size = predictor.config.img_size
+    predictions: list[Prediction] = []
+    for start in range(0, len(crops), predictor.batch_size):
+        part = crops[start:start + predictor.batch_size]
+        predictions += predictor.predict_pixels(part, [(size, size)] * len(part), top_k=top_k, classes=classes)
+    return predictions
+
+
+def classified_detections(detections: Sequence[dict[str, Any]], selected: Sequence[int],
+                          predictions: Sequence[Prediction], squares: Sequence[CropSquare],
+                          predictor: Predictor) -> tuple[list[dict[str, Any]], list[BoxHeat]]:
+    """A photo's detections with ``classifications`` added to the ``selected`` ones, and their boxes to draw.
+
+    Args:
+        detections: Every detection of the photo (not modified).
+        selected: Indices of the classified detections, in the order of ``predictions`` and ``squares``.
+    """
+    out = [dict(d) for d in detections]
+    boxes: list[BoxHeat] = []
+    for index, prediction, square in zip(selected, predictions, squares, strict=True):
+        out[index]["classifications"] = [[str(c.index), round_probability(c.probability)] for c in prediction.top_k]
+        explained = explained_index(prediction)
+        boxes.append(BoxHeat(out[index]["bbox"], square, prediction.attention_mean(explained),
+                             predictor.class_names[prediction.top1.index]))
+    return out, boxes
 
 
 def build_plan(options: DetectionOptions, files: Sequence[InputFile], log: Callable[[str], None]) -> DetectionPlan:

@@ -37,6 +37,7 @@ from .inputs import InputFile, canonical_path
 from .run_state import file_sha256
 
 DEFAULT_CATEGORIES = ("animal",)
+MEGADETECTOR_CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}  # MegaDetector v5/v1000
 DEFAULT_THRESHOLD = 0.2  # the common classifier default (SpeciesNet, AddaxAI use 0.1-0.2)
 MAX_DETECTOR_BYTES = 2 * 1024**3  # a batch file of millions of images is ~1 GB
 
@@ -78,6 +79,19 @@ def load_detector_file(path: Path) -> DetectorFile:
         raise PromptCamError(f"{path}: cannot read detector file ({exc.strerror or exc})") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise PromptCamError(f"{path}: not a JSON detector file ({exc})") from exc
+    categories, info = check_batch(path, data)
+    return DetectorFile(path, file_sha256(path), categories, info, data["images"])
+
+
+def check_batch(path: Path, data: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """Check parsed batch-results JSON (``load_detector_file``, and the watcher's per-image sidecars).
+
+    Returns:
+        (detection_categories, info) of the file.
+
+    Raises:
+        PromptCamError: not a batch file, another format version, or a malformed entry or detection.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise PromptCamError(f"{path}: not a MegaDetector batch file (no 'images' list)")
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
@@ -89,11 +103,16 @@ def load_detector_file(path: Path) -> DetectorFile:
                                                    for k, v in categories.items()):
         raise PromptCamError(f"{path}: 'detection_categories' must map category ids to names")
     for index, entry in enumerate(data["images"]):
-        _check_entry(path, index, entry, categories)
-    return DetectorFile(path, file_sha256(path), dict(categories), info, data["images"])
+        check_entry(path, index, entry, categories)
+    return dict(categories), info
 
 
-def _check_entry(path: Path, index: int, entry: Any, categories: dict[str, str]) -> None:
+def check_entry(path: Path, index: int, entry: Any, categories: dict[str, str]) -> None:
+    """Check one ``images`` entry (a file name, and a list of well-formed detections or a ``failure``).
+
+    Raises:
+        PromptCamError: naming ``path``, the entry's index and file, and the detection at fault.
+    """
     where = f"{path}: images[{index}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
         raise PromptCamError(f"{where}: no 'file' name")

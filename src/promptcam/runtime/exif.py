@@ -16,7 +16,7 @@ DATETIME = 0x0132
 def exif_datetime(data: bytes) -> str | None:
     """``YYYY-MM-DDTHH:MM:SS`` from a JPEG's EXIF (DateTimeOriginal, else DateTime), or None."""
     try:
-        tiff = _exif_tiff(data)
+        tiff = exif_tiff(data)
         if tiff is None:
             return None
         endian = "<" if tiff[:2] == b"II" else ">"
@@ -48,7 +48,8 @@ def valid_exif_datetime(value: object) -> str | None:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _exif_tiff(data: bytes) -> bytes | None:
+def exif_tiff(data: bytes) -> bytes | None:
+    """The TIFF block of a JPEG's APP1 Exif segment (before the image data), or None."""
     if data[:2] != b"\xff\xd8":
         return None
     pos = 2

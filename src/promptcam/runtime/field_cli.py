@@ -8,7 +8,7 @@ import click
 
 from promptcam.core.cli import grouped_command, option_group, run_cli, verbose_option
 
-from .options import explain_options, model_options
+from .options import category_list, det_categories_option, det_threshold_option, explain_options, model_options
 
 
 @grouped_command()
@@ -38,27 +38,40 @@ from .options import explain_options, model_options
     click.option("--once", is_flag=True, help="Process what is there, then exit."),
     click.option("--batch-delay", type=float, default=0.0, hidden=True, help="Test hook: pause before each commit."),
 )
+@option_group(
+    "Detections (a MegaDetector JSON beside each photo)",
+    click.option("--detections", "detections_mode", default=None, metavar="sidecar",
+                 help="sidecar: classify the crops of the detections in IMG.JPG.json (or IMG.json) beside each "
+                      "photo, a MegaDetector batch file of that one image or {\"detections\": [...]}."),
+    det_threshold_option,
+    det_categories_option,
+    click.option("--sidecar-wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
+                 help="Seconds a ready photo waits for its sidecar before it is recorded as failed."),
+)
 @verbose_option
 def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size: int, threads: int | None, top_k: int,
           traits: int, settle: float, incomplete_wait: float, poll: float, heatmaps: Path | None,
           move_processed: Path | None, failed_dir: Path | None, jsonl: Path | None, status_file: Path | None,
-          no_events: bool, once: bool, batch_delay: float, verbose: bool) -> None:
+          no_events: bool, once: bool, batch_delay: float, detections_mode: str | None, det_threshold: float,
+          det_categories: str, sidecar_wait: float, verbose: bool) -> None:
     """Classify images as they arrive in INBOX; results go to SQLite. Restart-safe.
 
     Output folders inside INBOX are left out of the scan; an output folder that is INBOX is refused.
     """
 
     def body() -> None:
-        from .inbox import InboxWatcher, WatchOptions
+        from .inbox import InboxWatcher, WatchOptions, check_detection_options
         from .predictor import Predictor
 
-        predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
-        click.echo(f"engine {predictor.engine_description}", err=True)
         options = WatchOptions(
             inbox=inbox, db=db or inbox.resolve().parent / "results.sqlite", top_k=top_k, traits=traits, settle=settle,
             poll=poll, heatmaps=heatmaps, move_processed=move_processed, failed_dir=failed_dir, jsonl=jsonl,
             status_file=status_file, use_events=not no_events, once=once, batch_delay=batch_delay,
-            incomplete_wait=incomplete_wait)
+            incomplete_wait=incomplete_wait, detections=detections_mode, det_threshold=det_threshold,
+            det_categories=category_list(det_categories), sidecar_wait=sidecar_wait)
+        check_detection_options(options)  # before the model loads: a wrong mode is one line, at once
+        predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
+        click.echo(f"engine {predictor.engine_description}", err=True)
         watcher = InboxWatcher(predictor, options, log=lambda m: click.echo(m, err=True))
         watcher.run()
         click.echo(f"stopped: {watcher.processed} classified, {watcher.failed} failed this session", err=True)
@@ -92,6 +105,8 @@ def export_results(db: Path, fmt: str, out: Path, model_dir: Path | None, verbos
             store = ResultStore(db)
             try:
                 records = list(store.records())
+                # written by promptcam-watch --detections: the detector's categories, the model's classes
+                det_categories, stored_names = store.meta_json("detection_categories"), store.meta_json("class_names")
             finally:
                 store.close()
         except sqlite3.DatabaseError as exc:  # not a database, or damaged: one clear line, not a traceback
@@ -99,9 +114,14 @@ def export_results(db: Path, fmt: str, out: Path, model_dir: Path | None, verbos
         if model_dir is not None:
             config = read_manifest(model_dir).config
             class_names, classifier = config.class_names, f"promptcam {config.arch}"
+        elif stored_names:
+            class_names, classifier = stored_names, "promptcam"
         else:
             class_names, classifier = class_names_seen(records), "promptcam"
-        write_output(fmt, out, records, class_names, {"database": str(db)}, classifier=classifier)
+        detector = None
+        if any(r.detections is not None for r in records):  # per-detection output, as promptcam-run --detections
+            detector = {"detection_categories": det_categories or {}, "info": {}, "unmatched_entries": []}
+        write_output(fmt, out, records, class_names, {"database": str(db)}, classifier=classifier, detector=detector)
         click.echo(f"wrote {len(records)} images to {out}")
 
     run_cli(body, verbose=verbose)

@@ -22,6 +22,14 @@ loses nothing and classifies nothing twice: a restart replays unfinished moves a
 An identical re-upload of a file that already has a row (same name and content, new mtime) is
 recorded as a duplicate, archived beside the first copy under a free name, and not classified again.
 SIGTERM/SIGINT finish the current batch and exit cleanly.
+
+With ``detections="sidecar"`` each image waits for its detector sidecar (``sidecar.py``: where it is
+looked for and what it may hold), which must itself be quiet for ``settle`` seconds and be complete
+JSON. An image whose sidecar has not come ``sidecar_wait`` seconds after the image was ready (by
+the watcher's own clock: photos copied with old mtimes still wait) becomes one failed record. Each
+qualifying detection is classified on its crop, the photo decoded once for all of them
+(``detection_run.decode_crops``); a photo with none is not decoded. The sidecar goes with its image
+when the image is moved (``--move-processed``/``--failed``), beside it under the same naming form.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import stat
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +54,25 @@ from promptcam.core.atomic import atomic_write_text, fsync_dir
 from promptcam.core.errors import ImageError, PromptCamError
 
 from .archive import Archiver, contained, fault_point, fit_name, free_name, valid_taken_at
+from .crops import BoxHeat, overlay_boxes
+from .detection_run import PhotoCrops, classified_detections, decode_crops, predict_crops
+from .detections import DEFAULT_CATEGORIES, DEFAULT_THRESHOLD, category_ids, qualifies
 from .exif import exif_datetime
-from .images import MAX_FILE_BYTES, decode_image, is_image_path, resize_for_model
+from .heatmap import write_image
+from .images import MAX_FILE_BYTES, check_dimensions, decode_image, is_image_path, resize_for_model
 from .pipeline import fill_row, write_heatmaps
 from .predictor import Predictor
 from .results import ImageRecord
-from .store import ResultStore, db_text, utc_now
+from .sidecar import (
+    DETECTION_MODES,
+    Sidecar,
+    SidecarIncomplete,
+    is_sidecar_name,
+    move_beside,
+    parse_sidecar,
+    sidecar_paths,
+)
+from .store import PendingMove, ResultStore, db_text, utc_now
 
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", ".uploading", "~")
 PNG_END = b"IEND\xaeB`\x82"
@@ -74,6 +96,10 @@ class WatchOptions:
     once: bool = False  # process what is (or becomes) ready, then exit
     batch_delay: float = 0.0  # test hook: widen the window between inference and commit
     incomplete_wait: float = 120.0  # how long a file that looks half-written is waited for
+    detections: str | None = None  # "sidecar": classify the crops of each image's detector sidecar
+    det_threshold: float = DEFAULT_THRESHOLD
+    det_categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    sidecar_wait: float = 120.0  # how long a ready image waits for its sidecar before it is a failure
 
 
 @dataclass
@@ -123,6 +149,8 @@ class _Taken:
     duplicate: dict[str, Any] | None = None
     not_ready: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    photo: PhotoCrops | None = None  # --detections: the crops of the qualifying detections
+    selected: list[int] = field(default_factory=list)  # --detections: their indices in row.detections
 
 
 def upload_incomplete(data: bytes) -> str | None:
@@ -158,10 +186,14 @@ def _read_regular(path: Path) -> tuple[bytes, os.stat_result]:
 class InboxWatcher:
     """The watch loop; ``run`` returns when stopped by a signal (or, with ``once``, when idle)."""
 
-    def __init__(self, predictor: Predictor, options: WatchOptions, log=print) -> None:  # noqa: ANN001
+    def __init__(self, predictor: Predictor, options: WatchOptions, log=print,  # noqa: ANN001
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock``: the monotonic clock of the quiet and sidecar waits (a test drives scans with its own)."""
         self.predictor = predictor
         self.options = options
         self.log = log
+        self.clock = clock
+        self.detecting = check_detection_options(options)
         if not options.inbox.is_dir():
             raise ImageError(f"{options.inbox}: inbox folder not found")
         self.inbox = options.inbox.resolve()
@@ -184,6 +216,12 @@ class InboxWatcher:
         self.recent: deque[tuple[float, int]] = deque(maxlen=50)
         self.queue_depth = 0
         self._last_status = 0.0
+        self.sidecar_since: dict[Path, float] = {}  # ready images without a sidecar: since when (clock)
+        self.det_categories: dict[str, str] = {}
+        if self.detecting:  # the database's one category map (export-results names the categories by it)
+            self.det_categories = self.store.meta_json("detection_categories") or {}
+            self.store.set_meta("class_names", json.dumps(list(predictor.class_names)))
+        self._saved_categories = dict(self.det_categories)
 
     def _excluded_folders(self) -> set[str]:
         """Output folders inside the inbox, left out of the scan (an output that is the inbox is refused)."""
@@ -211,15 +249,13 @@ class InboxWatcher:
             signal.signal(sig, self.stop)
         observer = self._start_events() if self.options.use_events else None
         try:
-            self._replay()
+            self.start()
             self.log(f"watching {self.inbox} ({'inotify events + ' if observer else ''}polling every "
                      f"{self.options.poll}s, settle {self.options.settle}s); results in {self.options.db}")
             idle_scans = 0
             while not self.stopping.is_set():
-                ready = self._scan()
-                if ready:
+                if self.step():
                     idle_scans = 0
-                    self._process(ready[: self.predictor.batch_size])
                     continue
                 idle_scans += 1
                 self._write_status("running")
@@ -231,8 +267,20 @@ class InboxWatcher:
             if observer is not None:
                 observer.stop()
             self._write_status("stopped", force=True)
-            self.store.close()
+            self.close()
         return 0
+
+    def step(self) -> int:
+        """One scan of the inbox and one batch of what is ready processed (``run``'s loop body; a test
+        drives the watcher with it and its own ``clock``). Returns the number of files taken."""
+        ready = self._scan()[: self.predictor.batch_size]
+        if ready:
+            self._process(ready)
+        return len(ready)
+
+    def close(self) -> None:
+        """Close the results database."""
+        self.store.close()
 
     def _start_events(self):  # noqa: ANN202 - watchdog observer or None
         try:
@@ -256,17 +304,17 @@ class InboxWatcher:
         observer.start()
         return observer
 
-    def _replay(self) -> None:
-        """After a restart: finish the moves and the JSONL lines a kill left undone (moves that failed
-        before are retried once per start)."""
+    def start(self) -> None:
+        """Before the first scan (``run`` calls it): finish the moves and the JSONL lines a kill left
+        undone (moves that failed before are retried once per start), and start a new JSONL log here."""
         for move in self.store.pending_moves(self.source):
-            self.archiver.finish(move)
+            self._finish_move(move)
         self._sync_jsonl()
 
     # -- discovery -------------------------------------------------------------------------------
 
     def _scan(self) -> list[Path]:
-        now = time.monotonic()
+        now = self.clock()
         ready, waiting = [], 0
         present, skipped = set(), {}
 
@@ -281,6 +329,8 @@ class InboxWatcher:
                 if name.startswith(".") or name.endswith(TEMP_SUFFIXES):
                     skipped[rel] = "hidden or temporary upload name"
                     continue
+                if self.detecting and is_sidecar_name(name):
+                    continue  # read with its image, never an image itself
                 if not is_image_path(name):
                     skipped[rel] = "not an image file name"
                     continue
@@ -301,15 +351,36 @@ class InboxWatcher:
                 if (rel, st.st_size, st.st_mtime_ns) in self.known:
                     self.tracker.forget(path)
                     continue
-                if self.tracker.observe(path, st.st_size, st.st_mtime_ns, now):
+                settled = self.tracker.observe(path, st.st_size, st.st_mtime_ns, now)
+                if self.detecting:  # the sidecar's quiet time runs beside the image's (also while it is deferred)
+                    settled = self._sidecar_settled(path, now, present, image_settled=settled)
+                if settled:
                     ready.append(path)
                 else:
                     waiting += 1
         for gone in set(self.tracker.candidates) - present:
             self.tracker.forget(gone)
+        for gone in set(self.sidecar_since) - present:
+            del self.sidecar_since[gone]
         self.skipped = skipped
         self.queue_depth = len(ready) + waiting
         return ready
+
+    def _sidecar_settled(self, image: Path, now: float, present: set[Path], *, image_settled: bool) -> bool:
+        """Whether an image can be taken: it is settled, and its sidecar is there and quiet or was waited
+        for long enough (the wait starts when the image is settled)."""
+        sidecar = _find_sidecar(image)
+        if sidecar is None:
+            if not image_settled:
+                return False
+            since = self.sidecar_since.setdefault(image, now)
+            return now - since >= self.options.sidecar_wait  # taken: it becomes a "no sidecar" failure
+        try:
+            st = os.lstat(sidecar)
+        except OSError:
+            return False  # gone between looking and stating: look again at the next scan
+        present.add(sidecar)
+        return self.tracker.observe(sidecar, st.st_size, st.st_mtime_ns, now) and image_settled
 
     def _report(self, rel: str, reason: str) -> str:
         """Log a skipped inbox entry once (per name and reason), not at every scan."""
@@ -321,7 +392,7 @@ class InboxWatcher:
     # -- processing ------------------------------------------------------------------------------
 
     def _process(self, paths: list[Path]) -> None:
-        started, now = time.perf_counter(), time.monotonic()
+        started, now = time.perf_counter(), self.clock()
         taken = [self._load(path, now) for path in paths if path.exists() or path.is_symlink()]
         for gone in set(paths) - {t.path for t in taken}:
             self.tracker.forget(gone)  # removed between scan and read (an operator tidying up)
@@ -337,6 +408,7 @@ class InboxWatcher:
             for item, prediction in zip(good, predictions, strict=True):
                 fill_row(item.row, prediction, self.predictor, item.image, None)
                 self._draw_heatmap(item, prediction)
+        self._classify_crops([t for t in taken if t.photo is not None])
         if self.options.batch_delay:
             self.log(f"batch of {len(taken)} read; committing in {self.options.batch_delay}s (--batch-delay)")
             time.sleep(self.options.batch_delay)
@@ -346,6 +418,10 @@ class InboxWatcher:
             if item.row is not None and not item.extra.get("unreadable"):
                 item.row.stored_path = self._destination(item.rel, item.row.failure is None, item.row.taken_at,
                                                          claimed)
+        if self.detecting and self.det_categories != self._saved_categories:
+            # before the rows: a row never names a category the database cannot name
+            self.store.set_meta("detection_categories", json.dumps(self.det_categories, sort_keys=True))
+            self._saved_categories = dict(self.det_categories)
         self.store.add(rows, log=self.log)  # one transaction: these images are now done
         fault_point("commit")
         self._sync_jsonl()
@@ -361,8 +437,11 @@ class InboxWatcher:
                 # the size and mtime the row was made at: a file changed since then is new content
                 self.known.add((item.rel, item.extra.get("size"), item.extra.get("mtime_ns")))
                 self.tracker.forget(item.path)
+                self.sidecar_since.pop(item.path, None)
+                for sidecar in sidecar_paths(item.path) if self.detecting else ():
+                    self.tracker.forget(sidecar)
         for move in self.store.pending_moves(self.source, with_errors=False):
-            self.archiver.finish(move)
+            self._finish_move(move)
         n_failed = sum(r.failure is not None for r in rows)
         self.processed += len(rows) - n_failed
         self.failed += n_failed
@@ -406,6 +485,8 @@ class InboxWatcher:
             return _Taken(path, rel, extra=version, duplicate={
                 "result_id": result_id, "source": self.source, "file": rel, "sha256": sha, "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns, "ok": status == "ok", "taken_at": taken})
+        if self.detecting:
+            return self._load_detections(path, rel, data, st, sha, taken, young, now)
         try:
             image = decode_image(data, shown)
         except ImageError as exc:
@@ -421,6 +502,84 @@ class InboxWatcher:
                         taken_at=taken, width=image.shape[1], height=image.shape[0])
         return _Taken(path, rel, row=row, image=image, extra=version)
 
+    def _load_detections(self, path: Path, rel: str, data: bytes, st: os.stat_result, sha: str, taken: str,
+                         young: bool, now: float) -> _Taken:
+        """An image of ``--detections sidecar``: its sidecar read and checked, its qualifying crops cut
+        from one decode (no decode when none qualifies); never raises for a bad image or sidecar."""
+        shown = db_text(str(path))
+        version = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+        def failed(reason: str) -> _Taken:
+            return _Taken(path, rel, row=self._failed(rel, sha, st.st_size, st.st_mtime_ns, reason, taken),
+                          extra=version)
+
+        sidecar_path = _find_sidecar(path)
+        if sidecar_path is None:
+            looked = " or ".join(db_text(p.name) for p in sidecar_paths(path))
+            return failed(f"{shown}: no detection sidecar ({looked}) within --sidecar-wait "
+                          f"{self.options.sidecar_wait:g} s")
+        try:
+            raw, sst = _read_regular(sidecar_path)
+            try:
+                sidecar = parse_sidecar(sidecar_path, raw, path.name)
+            except SidecarIncomplete as exc:
+                if max(time.time() - sst.st_mtime, self.tracker.quiet_for(sidecar_path, now)) < \
+                        self.options.incomplete_wait:
+                    return _Taken(path, rel, not_ready=str(exc), extra=version)
+                raise
+            wanted = category_ids(sidecar.detector, self.options.det_categories)
+            self._merge_categories(sidecar)
+        except PromptCamError as exc:  # malformed sidecar (or not a regular file): the record names it
+            return failed(db_text(str(exc)))
+        except OSError as exc:
+            return failed(f"{db_text(str(sidecar_path))}: cannot read detection sidecar ({exc.strerror or exc})")
+        if sidecar.detections is None:
+            return failed(f"{shown}: the detector failed on it ({sidecar.failure or 'no detections'}; "
+                          f"{db_text(str(sidecar_path))})")
+        detections = [dict(d) for d in sidecar.detections]
+        selected = [i for i, d in enumerate(detections) if qualifies(d, wanted, self.options.det_threshold)]
+        photo = None
+        try:
+            if selected:
+                photo = decode_crops(data, shown, [detections[i]["bbox"] for i in selected], self.predictor.config,
+                                     keep_original=self.heatmap_root is not None)
+                height, width = photo.full
+            else:  # nothing to classify: the header gives the size, the photo is not decoded
+                width, height = check_dimensions(data, shown)
+        except ImageError as exc:
+            if young:
+                return _Taken(path, rel, not_ready=str(exc), extra=version)
+            return failed(str(exc))
+        except (cv2.error, MemoryError, ValueError) as exc:  # a decoder fault on hostile data: that file only
+            return failed(f"{shown}: cannot decode image ({type(exc).__name__}: {str(exc).strip()[:200]})")
+        row = ImageRecord(source=self.source, file=rel, sha256=sha, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                          taken_at=taken, width=width, height=height, detections=detections)
+        return _Taken(path, rel, row=row, extra=version, photo=photo, selected=selected)
+
+    def _merge_categories(self, sidecar: Sidecar) -> None:
+        """Add a sidecar's categories to the station's one map; a clash (an id named otherwise) is refused."""
+        for cid, name in sidecar.detector.detection_categories.items():
+            known = self.det_categories.get(cid)
+            if known is not None and known != name:
+                raise PromptCamError(f"{sidecar.detector.path}: detection category {cid} is {name!r} here but "
+                                     f"{known!r} in this station's earlier sidecars")
+        self.det_categories.update(sidecar.detector.detection_categories)
+
+    def _classify_crops(self, items: list[_Taken]) -> None:
+        """All crops of a batch through the backend; classifications written into each row's detections."""
+        if not items:
+            return
+        crops = np.concatenate([t.photo.crops for t in items])
+        predictions = predict_crops(self.predictor, crops, top_k=self.options.top_k)
+        start = 0
+        for item in items:
+            count = len(item.photo.crops)
+            item.row.detections, boxes = classified_detections(
+                item.row.detections, item.selected, predictions[start:start + count], item.photo.squares,
+                self.predictor)
+            start += count
+            self._draw_overlay(item, boxes)
+
     def _failed(self, rel: str, sha: str, size: int | None, mtime_ns: int | None, reason: str,
                 taken: str | None = None) -> ImageRecord:
         self.last_error = reason
@@ -428,11 +587,11 @@ class InboxWatcher:
         return ImageRecord(source=self.source, file=rel, sha256=sha, size=size, mtime_ns=mtime_ns, taken_at=taken,
                          failure=reason)
 
-    def _draw_heatmap(self, item: _Taken, prediction: Any) -> None:
+    def _heatmap_paths(self, item: _Taken) -> tuple[Path, Path] | None:
         """Heatmap files named by the inbox path and the content hash (a re-drop never overwrites one),
-        shortened to fit the file-system limit; a failure to write one is logged, the row stays."""
+        shortened to fit the file-system limit; None without ``--heatmaps`` or when a path would leave it."""
         if self.heatmap_root is None:
-            return
+            return None
         *folders, name = item.rel.split("/")
         stem = name.rpartition(".")[0] or name
         base = self.heatmap_root.joinpath(*(fit_name(f) for f in folders))
@@ -440,14 +599,50 @@ class InboxWatcher:
         sheet = base / fit_name(f"{stem}.{item.row.sha256[:12]}.traits.jpg", reserve=16)
         if not contained(heat, self.heatmap_root):
             self.log(f"{db_text(item.rel)}: heatmap path leaves {self.heatmap_root}; not drawn")
+            return None
+        return heat, sheet
+
+    def _draw_heatmap(self, item: _Taken, prediction: Any) -> None:
+        """The whole-image heatmap (and trait sheet); a failure to write one is logged, the row stays."""
+        paths = self._heatmap_paths(item)
+        if paths is None:
             return
         try:
-            item.row.heatmap, _ = write_heatmaps(item.image, prediction, heat, sheet)
+            item.row.heatmap, _ = write_heatmaps(item.image, prediction, *paths)
+        except (OSError, ImageError, cv2.error) as exc:
+            self.last_error = f"{db_text(item.rel)}: heatmap not written ({exc})"
+            self.log(self.last_error)
+
+    def _draw_overlay(self, item: _Taken, boxes: list[BoxHeat]) -> None:
+        """One overlay per photo covering all of its classified boxes (as ``promptcam-run --detections``)."""
+        paths = self._heatmap_paths(item) if boxes and item.photo.original is not None else None
+        if paths is None:
+            return
+        try:
+            item.row.heatmap = str(write_image(paths[0], overlay_boxes(item.photo.original, item.photo.full, boxes)))
         except (OSError, ImageError, cv2.error) as exc:
             self.last_error = f"{db_text(item.rel)}: heatmap not written ({exc})"
             self.log(self.last_error)
 
     # -- after the commit ------------------------------------------------------------------------
+
+    def _finish_move(self, move: PendingMove) -> None:
+        """Move a committed file away, then its detection sidecar beside it (``--detections``)."""
+        self.archiver.finish(move)
+        if not self.detecting:
+            return
+        stored, moved, error = self.store.move_outcome(move)
+        if not moved or error is not None or stored is None:
+            return  # not moved: the sidecar stays with its image
+        image = self.inbox / move.file
+        sidecar = _find_sidecar(image)
+        if sidecar is None or not os.path.isfile(sidecar) or os.path.islink(sidecar):
+            return
+        try:
+            move_beside(sidecar, image.name, Path(stored))
+        except OSError as exc:
+            self.last_error = f"{db_text(str(sidecar))}: detection sidecar not moved ({exc}); it stays in the inbox"
+            self.log(self.last_error)
 
     def _destination(self, rel: str, ok: bool, taken_at: str | None, claimed: set[str]) -> str | None:
         """Where a file goes once its row is committed (decided before the commit, never outside the roots)."""
@@ -498,7 +693,7 @@ class InboxWatcher:
             "state": state, "pid": os.getpid(), "inbox": self.source, "engine": self.predictor.engine_description,
             "queue_depth": self.queue_depth, "processed": self.processed, "failed": self.failed,
             "duplicates": self.duplicates, "skipped": len(self.skipped), "not_ready": self.not_ready,
-            "move_errors": self.archiver.errors,
+            "move_errors": self.archiver.errors, "waiting_for_sidecar": len(self.sidecar_since),
             "images_per_second": sum(n for _, n in self.recent) / seconds if seconds else 0.0,
             "last_error": db_text(self.last_error), "updated_at": utc_now(),
         }
@@ -506,6 +701,26 @@ class InboxWatcher:
             atomic_write_text(path, json.dumps(status, indent=1), durable=False)
         except OSError as exc:  # a full or read-only disk must not stop the classification
             self.log(f"{path}: status not written ({exc})")
+
+
+def check_detection_options(options: WatchOptions) -> bool:
+    """Whether the watcher classifies detections; refuses a mode or a setting it cannot honour."""
+    if options.detections is None:
+        return False
+    if options.detections not in DETECTION_MODES:
+        raise PromptCamError(f"--detections {options.detections!r} is not a mode of promptcam-watch (known: "
+                             f"{', '.join(DETECTION_MODES)}: a per-image JSON beside each photo); a detector file "
+                             "is read by promptcam-run --detections FILE")
+    if not 0 <= options.det_threshold <= 1:
+        raise PromptCamError(f"--det-threshold {options.det_threshold} is outside [0, 1]")
+    if options.traits:
+        raise PromptCamError("--traits cannot be used with --detections (each crop has its heatmap, not a trait sheet)")
+    return True
+
+
+def _find_sidecar(image: Path) -> Path | None:
+    """The first of ``sidecar_paths(image)`` that exists (as any kind of entry: a link is refused on reading)."""
+    return next((p for p in sidecar_paths(image) if os.path.lexists(p)), None)
 
 
 def _jsonl_line(row: dict[str, Any]) -> str:

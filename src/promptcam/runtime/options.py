@@ -29,6 +29,17 @@ explain_options = option_group(
     click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Write heatmap overlays here."),
 )
 
+# the detection selection of ``promptcam-run --detections`` and ``promptcam-watch --detections``
+det_threshold_option = click.option("--det-threshold", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+                                    help="Classify detections at or above this confidence.")
+det_categories_option = click.option("--det-categories", default="animal", show_default=True,
+                                     help="Detection categories to classify, comma-separated names or ids.")
+
+
+def category_list(text: str) -> tuple[str, ...]:
+    """``--det-categories`` as a tuple of names or ids (``"animal, 2"`` -> ``("animal", "2")``)."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
 
 def given(ctx: click.Context, *names: str) -> list[str]:
     """The options among ``names`` that the user set on the command line (not left at their default)."""

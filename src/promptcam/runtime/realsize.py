@@ -6,11 +6,16 @@ once pre-shrunk to the model's size, and reports the ratio of their throughputs 
 large photos costs nothing extra). The 12 MP folder is also run with full decoding
 (``reduce_decode=False``) to show what the JPEG DCT reduction gains. Start-up (model load, the
 first inference) is outside the timings.
+
+``promptcam-bench`` reports it as the "real-size" row (``--real-size-frames``); by hand, 2 threads::
+
+    python -c "from promptcam.runtime.realsize import real_size_row; print(real_size_row('MODEL_DIR', threads=2))"
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .fastjpeg import available as simplejpeg_available
 from .pipeline import RunOptions, run_files
 from .predictor import Predictor
 
@@ -62,17 +68,23 @@ def measure_real_size(predictor: Predictor, *, frames: int = 32, workers: int = 
 
     Returns:
         ``ratio`` (large with DCT reduction / small images per second), ``ratio_full_decode``, the
-        images per second of each, and the frame facts.
+        images per second of each (fastest run), the process CPU time per image of each (least), the
+        JPEG decoder, and the frame facts.
     """
     with tempfile.TemporaryDirectory(prefix="promptcam-realsize-") as tmp:
         root = Path(tmp)
         large, small = write_real_size_frames(root / "frames", frames, shrunk_to=predictor.config.img_size)
         megabytes = sum(p.stat().st_size for p in large.iterdir()) / frames / 1e6
 
+        cpu_ms: dict[str, list[float]] = {"small": [], "large": [], "large_full": []}
+
         def rate(folder: Path, name: str, *, reduce: bool = True) -> float:
             out = root / "out" / name
+            cpu = time.process_time()
             summary = run_files(predictor, RunOptions(inputs=[folder], out_dir=out, workers=workers, progress=False,
                                                       overwrite=True, reduce_decode=reduce), log=lambda _: None)
+            if name in cpu_ms:
+                cpu_ms[name].append((time.process_time() - cpu) * 1000 / frames)
             return summary.images_per_second
 
         rate(small, "warmup")  # first inferences, thread pools, page cache
@@ -82,11 +94,35 @@ def measure_real_size(predictor: Predictor, *, frames: int = 32, workers: int = 
             rates["large"].append(rate(large, "large"))
             rates["large_full"].append(rate(large, "large_full", reduce=False))
         best = {k: max(v) for k, v in rates.items()}
+        cpu = {k: min(v) for k, v in cpu_ms.items()}
         result = {"frames": frames, "size": f"{REAL_SIZE[0]}x{REAL_SIZE[1]}", "jpeg_quality": REAL_QUALITY,
                   "mean_file_mb": round(megabytes, 2), "workers": workers,
                   "small_img_per_s": round(best["small"], 2), "large_img_per_s": round(best["large"], 2),
                   "large_full_decode_img_per_s": round(best["large_full"], 2),
                   "ratio": round(best["large"] / best["small"], 3),
-                  "ratio_full_decode": round(best["large_full"] / best["small"], 3)}
+                  "ratio_full_decode": round(best["large_full"] / best["small"], 3),
+                  "jpeg_decoder": "simplejpeg" if simplejpeg_available() else "opencv",
+                  # process CPU time per image (all threads): what the 12 MP decode adds, less sensitive to
+                  # other load on a shared machine than the throughputs
+                  "small_cpu_ms_per_image": round(cpu["small"], 1), "large_cpu_ms_per_image": round(cpu["large"], 1),
+                  "large_full_decode_cpu_ms_per_image": round(cpu["large_full"], 1)}
         log(f"real-size: {result}")
         return result
+
+
+def real_size_row(model_dir: str | Path, engine: str = "ort-cpu", *, frames: int = 32, threads: int | None = None,
+                  batch: int = 8, workers: int = 4, repeats: int = 2) -> dict[str, Any]:
+    """``measure_real_size`` on a model directory: loads the Predictor (untimed), adds the engine to the row.
+
+    Args:
+        model_dir: An exported model directory.
+        engine: The Predictor's engine.
+        frames: Frames per folder.
+        threads: Inference threads (None: the backend's default).
+        batch: Inference batch size.
+        workers: Decoding threads of the run.
+        repeats: Runs of each folder; the fastest counts.
+    """
+    with Predictor(model_dir, engine, batch_size=batch, threads=threads) as predictor:
+        result = measure_real_size(predictor, frames=frames, workers=workers, repeats=repeats)
+        return {"engine": predictor.engine_description, "batch": batch, "threads": threads, **result}

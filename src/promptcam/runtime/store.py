@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS results (
     moved INTEGER NOT NULL DEFAULT 0,
     file_raw BLOB,                     -- the exact name bytes, when they are not UTF-8
     move_error TEXT,                   -- why the file could not be moved (it stays in the inbox)
+    detections TEXT,                   -- JSON: the detector's detections, classified (--detections sidecar)
     UNIQUE (source, file, sha256)
 );
 CREATE INDEX IF NOT EXISTS results_taken ON results (taken_at);
@@ -77,7 +78,7 @@ CREATE TABLE IF NOT EXISTS duplicates (
 CREATE INDEX IF NOT EXISTS duplicates_stored ON duplicates (stored_path);
 """
 # columns added after schema version 1 shipped: added to older databases on open
-ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT"}
+ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT", "detections": "TEXT"}
 MOVE_TABLES = ("results", "duplicates")
 
 
@@ -111,7 +112,7 @@ def record_from_row(row: dict[str, Any]) -> ImageRecord:
         explained_class=row["explained_class"], trait_heads=row["trait_heads"], heatmap=row["heatmap"],
         probabilities=row["probabilities"], source=row["source"], sha256=row["sha256"], size=row["size"],
         mtime_ns=row["mtime_ns"], taken_at=row["taken_at"], stored_path=row["stored_path"],
-        processed_at=row["processed_at"])
+        processed_at=row["processed_at"], detections=row.get("detections"))
 
 
 class ResultStore:
@@ -172,7 +173,8 @@ class ResultStore:
         """
         sql = ("INSERT OR IGNORE INTO results (source, file, sha256, size, mtime_ns, taken_at, processed_at, status,"
                " failure, width, height, top1, top1_probability, top_k, probabilities, explained_class, trait_heads,"
-               " heatmap, stored_path, file_raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               " heatmap, stored_path, file_raw, detections)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
@@ -209,6 +211,11 @@ class ResultStore:
     def meta_int(self, key: str) -> int | None:
         hit = self.db.execute("SELECT value FROM meta WHERE key=?", (db_text(key),)).fetchone()
         return int(hit[0]) if hit else None
+
+    def meta_json(self, key: str) -> Any:
+        """A meta value written as JSON (None when absent)."""
+        hit = self.db.execute("SELECT value FROM meta WHERE key=?", (db_text(key),)).fetchone()
+        return json.loads(hit[0]) if hit else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self.db:
@@ -250,6 +257,12 @@ class ResultStore:
         with self.db:
             self.db.execute(f"UPDATE {move.table} SET move_error=? WHERE id=?", (db_text(error), move.id))
 
+    def move_outcome(self, move: PendingMove) -> tuple[str | None, bool, str | None]:
+        """(stored_path, moved, move_error) of a move's row now (the archiver may have picked a free name)."""
+        stored, moved, error = self.db.execute(f"SELECT stored_path, moved, move_error FROM {move.table} WHERE id=?",
+                                               (move.id,)).fetchone()
+        return stored, bool(moved), error
+
     def set_stored_path(self, move: PendingMove, stored_path: str | None) -> None:
         with self.db:
             self.db.execute(f"UPDATE {move.table} SET stored_path=? WHERE id=?", (db_text(stored_path), move.id))
@@ -267,7 +280,7 @@ class ResultStore:
         names = [d[0] for d in cursor.description]
         for values in cursor:
             row = dict(zip(names, values, strict=True))
-            for key in ("top_k", "probabilities", "trait_heads"):
+            for key in ("top_k", "probabilities", "trait_heads", "detections"):
                 if row[key] is not None:
                     row[key] = json.loads(row[key])
             yield row
@@ -292,4 +305,4 @@ def _values(r: ImageRecord) -> tuple[Any, ...]:
             db_text(r.failure), r.width, r.height, db_text(r.top1), r.top1_probability, json.dumps(r.top_k),
             json.dumps(r.probabilities) if r.probabilities is not None else None, db_text(r.explained_class),
             json.dumps(r.trait_heads) if r.trait_heads is not None else None, db_text(r.heatmap),
-            db_text(r.stored_path), raw)
+            db_text(r.stored_path), raw, json.dumps(r.detections) if r.detections is not None else None)

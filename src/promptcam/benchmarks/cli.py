@@ -42,13 +42,19 @@ def _weights_key(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _quality(backend: Any, pixels: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Agreement of a backend's answer and explanation with eager float32 on the same weights."""
+def _quality(backend: Any, pixels: np.ndarray, reference: tuple[np.ndarray, np.ndarray],
+             batch: int | None = None) -> dict[str, Any]:
+    """Agreement of a backend's answer and explanation with eager float32 on the same weights.
+
+    ``batch``: run ``pixels`` through the backend that many at a time (None: in one call).
+    """
     from promptcam.export.validate import compare
 
     if backend.quality is None:
         return {}
-    logits, attention = backend.quality(pixels)
+    step = batch or len(pixels)
+    parts = [backend.quality(pixels[i:i + step]) for i in range(0, len(pixels), step)]
+    logits, attention = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     want = reference[1]
     if attention.ndim == want.ndim - 1:  # the predicted class's maps only: against eager's maps of that class
         want = want[np.arange(len(pixels)), logits.argmax(-1)]
@@ -68,17 +74,6 @@ def _eager_maps(model: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     with torch.inference_mode():
         logits, attention = model.eval()(normalize_pixels(pixels, model.config).to(device), return_attention=True)
     return logits.float().cpu().numpy(), attention.float().cpu().numpy()
-
-
-class _Batched:
-    """A backend's ``quality`` call over many images, eight at a time (within every backend's batch range)."""
-
-    def __init__(self, backend: Any, batch: int = 8) -> None:
-        self.backend, self.batch = backend, batch
-
-    def quality(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self.backend.quality(pixels[i:i + self.batch]) for i in range(0, len(pixels), self.batch)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _real_scale_rows(model: Any, names: list[str], sizes: list[int], work: Path, threads: int,
@@ -106,8 +101,7 @@ def _real_scale_rows(model: Any, names: list[str], sizes: list[int], work: Path,
     # of eight; it does not depend on the timed batch size, so every row of a backend reports the same
     quality_pixels = synthetic_pool(quality_images, cfg.img_size, seed=7)
     reference = _eager_maps(scaled, quality_pixels)
-    quality = {name: _quality(_Batched(backend), quality_pixels, reference) if backend.quality else {}
-               for name, backend in built.items()}
+    quality = {name: _quality(backend, quality_pixels, reference, batch=8) for name, backend in built.items()}
     rows = []
     for batch in sizes:
         pixels = synthetic_pixels(batch, cfg.img_size, seed=1000 + batch)

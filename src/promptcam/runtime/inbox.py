@@ -67,6 +67,7 @@ from .sidecar import (
     DETECTION_MODES,
     Sidecar,
     SidecarIncomplete,
+    find_sidecar,
     is_sidecar_name,
     move_beside,
     parse_sidecar,
@@ -369,7 +370,7 @@ class InboxWatcher:
     def _sidecar_settled(self, image: Path, now: float, present: set[Path], *, image_settled: bool) -> bool:
         """Whether an image can be taken: it is settled, and its sidecar is there and quiet or was waited
         for long enough (the wait starts when the image is settled)."""
-        sidecar = _find_sidecar(image)
+        sidecar = find_sidecar(image)
         if sidecar is None:
             if not image_settled:
                 return False
@@ -450,6 +451,11 @@ class InboxWatcher:
             self.recent.append((time.perf_counter() - started, len(rows)))
         self._write_status("running", force=True)
 
+    def _young(self, path: Path, st: os.stat_result, now: float) -> bool:
+        """Whether a file may still be being written: changed (or first seen quiet) less than
+        ``incomplete_wait`` ago. A file that looks half-written is waited for while it is young."""
+        return max(time.time() - st.st_mtime, self.tracker.quiet_for(path, now)) < self.options.incomplete_wait
+
     def _load(self, path: Path, now: float) -> _Taken:
         """Read and decode one ready file; never raises for a bad file."""
         rel = path.relative_to(self.inbox).as_posix()
@@ -469,8 +475,7 @@ class InboxWatcher:
             return _Taken(path, rel, row=row, extra={"size": st.st_size, "mtime_ns": st.st_mtime_ns,
                                                      "unreadable": True})
         version = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        age = max(time.time() - st.st_mtime, self.tracker.quiet_for(path, now))
-        young = age < self.options.incomplete_wait
+        young = self._young(path, st, now)
         incomplete = upload_incomplete(data)
         if incomplete is not None and young:
             return _Taken(path, rel, not_ready=incomplete, extra=version)
@@ -513,7 +518,7 @@ class InboxWatcher:
             return _Taken(path, rel, row=self._failed(rel, sha, st.st_size, st.st_mtime_ns, reason, taken),
                           extra=version)
 
-        sidecar_path = _find_sidecar(path)
+        sidecar_path = find_sidecar(path)
         if sidecar_path is None:
             looked = " or ".join(db_text(p.name) for p in sidecar_paths(path))
             return failed(f"{shown}: no detection sidecar ({looked}) within --sidecar-wait "
@@ -523,8 +528,7 @@ class InboxWatcher:
             try:
                 sidecar = parse_sidecar(sidecar_path, raw, path.name)
             except SidecarIncomplete as exc:
-                if max(time.time() - sst.st_mtime, self.tracker.quiet_for(sidecar_path, now)) < \
-                        self.options.incomplete_wait:
+                if self._young(sidecar_path, sst, now):
                     return _Taken(path, rel, not_ready=str(exc), extra=version)
                 raise
             wanted = category_ids(sidecar.detector, self.options.det_categories)
@@ -635,7 +639,7 @@ class InboxWatcher:
         if not moved or error is not None or stored is None:
             return  # not moved: the sidecar stays with its image
         image = self.inbox / move.file
-        sidecar = _find_sidecar(image)
+        sidecar = find_sidecar(image)
         if sidecar is None or not os.path.isfile(sidecar) or os.path.islink(sidecar):
             return
         try:
@@ -716,11 +720,6 @@ def check_detection_options(options: WatchOptions) -> bool:
     if options.traits:
         raise PromptCamError("--traits cannot be used with --detections (each crop has its heatmap, not a trait sheet)")
     return True
-
-
-def _find_sidecar(image: Path) -> Path | None:
-    """The first of ``sidecar_paths(image)`` that exists (as any kind of entry: a link is refused on reading)."""
-    return next((p for p in sidecar_paths(image) if os.path.lexists(p)), None)
 
 
 def _jsonl_line(row: dict[str, Any]) -> str:

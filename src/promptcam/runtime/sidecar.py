@@ -63,6 +63,11 @@ def sidecar_paths(image: Path) -> tuple[Path, Path]:
     return image.with_name(image.name + SIDECAR_SUFFIX), image.with_suffix(SIDECAR_SUFFIX)
 
 
+def find_sidecar(image: Path) -> Path | None:
+    """The first of ``sidecar_paths(image)`` that exists (as any kind of entry: a link is refused on reading)."""
+    return next((p for p in sidecar_paths(image) if os.path.lexists(p)), None)
+
+
 def is_sidecar_name(name: str) -> bool:
     """Whether an inbox file name is a sidecar's (never an image)."""
     return name.lower().endswith(SIDECAR_SUFFIX)

@@ -208,14 +208,18 @@ class ResultStore:
     def max_id(self, source: str) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM results WHERE source=?", (source,)).fetchone()[0]
 
-    def meta_int(self, key: str) -> int | None:
+    def _meta(self, key: str) -> str | None:
         hit = self.db.execute("SELECT value FROM meta WHERE key=?", (db_text(key),)).fetchone()
-        return int(hit[0]) if hit else None
+        return hit[0] if hit else None
+
+    def meta_int(self, key: str) -> int | None:
+        value = self._meta(key)
+        return None if value is None else int(value)
 
     def meta_json(self, key: str) -> Any:
         """A meta value written as JSON (None when absent)."""
-        hit = self.db.execute("SELECT value FROM meta WHERE key=?", (db_text(key),)).fetchone()
-        return json.loads(hit[0]) if hit else None
+        value = self._meta(key)
+        return None if value is None else json.loads(value)
 
     def set_meta(self, key: str, value: str) -> None:
         with self.db:

@@ -11,6 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptcam.runtime.detection_run import DetectionOptions
+from promptcam.runtime.pipeline import RunOptions, RunSummary, run_files
+
 
 def val_tiles(world: Path, per_class: int) -> list[tuple[np.ndarray, int]]:
     """Held-out world images (RGB) and their class index, ``per_class`` of each class."""
@@ -129,3 +132,12 @@ def build_scene(root: Path, tiles: list[tuple[np.ndarray, int]], *, frames: int 
 def write_md(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+def detection_file_run(predictor, scene: dict, out: Path, log) -> tuple[RunSummary, dict]:  # noqa: ANN001
+    """``promptcam-run --detections`` (with heatmaps) on a scene fixture's photos and MegaDetector file:
+    the run's summary and its ``results.json``."""
+    options = RunOptions(inputs=[scene["root"] / "photos"], out_dir=out, progress=False, heatmaps=out / "heat",
+                         detections=DetectionOptions(path=scene["md"]))
+    summary = run_files(predictor, options, log=log)
+    return summary, json.loads((out / "results.json").read_text())

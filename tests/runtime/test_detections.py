@@ -9,7 +9,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from camera_trap_scenes import build_scene, val_tiles, write_md
+from camera_trap_scenes import build_scene, detection_file_run, val_tiles, write_md
 
 from helpers import run_cli
 from promptcam.core.errors import PromptCamError
@@ -40,10 +40,8 @@ def predictor(trained_world):
 def detection_run(scene, predictor, tmp_path_factory):
     out = tmp_path_factory.mktemp("det_out")
     logs: list[str] = []
-    options = RunOptions(inputs=[scene["root"] / "photos"], out_dir=out, progress=False, heatmaps=out / "heat",
-                         detections=DetectionOptions(path=scene["md"]))
-    summary = run_files(predictor, options, log=logs.append)
-    return {"out": out, "summary": summary, "json": json.loads((out / "results.json").read_text()), "logs": logs}
+    summary, results = detection_file_run(predictor, scene, out, logs.append)
+    return {"out": out, "summary": summary, "json": results, "logs": logs}
 
 
 def _accuracy_of_crops(result: dict, scene) -> tuple[float, int]:

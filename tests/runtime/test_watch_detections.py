@@ -13,15 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from camera_trap_scenes import build_scene, val_tiles, write_md
+from camera_trap_scenes import build_scene, detection_file_run, val_tiles, write_md
 from watch_helpers import db_rows, watch
 
 from helpers import run_cli
 from promptcam.runtime import Predictor
-from promptcam.runtime.detection_run import DetectionOptions
 from promptcam.runtime.detections import MEGADETECTOR_CATEGORIES
 from promptcam.runtime.inbox import InboxWatcher, WatchOptions
-from promptcam.runtime.pipeline import RunOptions, run_files
 
 SETTLE = 1.0
 SIDECAR_WAIT = 30.0
@@ -59,11 +57,9 @@ def file_run(scene, predictor, tmp_path_factory) -> dict[str, list[dict]]:
     """``promptcam-run --detections`` on the same frames (with heatmaps, as the watchers below): its
     detections by file, the reference the watcher must agree with."""
     out = tmp_path_factory.mktemp("file_run")
-    options = RunOptions(inputs=[scene["root"] / "photos"], out_dir=out, progress=False, heatmaps=out / "heat",
-                         detections=DetectionOptions(path=scene["md"]))
-    summary = run_files(predictor, options, log=lambda _: None)
+    summary, results = detection_file_run(predictor, scene, out, lambda _: None)
     assert summary.failed == 0
-    return {e["file"]: e["detections"] for e in json.loads((out / "results.json").read_text())["images"]}
+    return {e["file"]: e["detections"] for e in results["images"]}
 
 
 def _drop(scene, inbox: Path, index: int) -> Path:

@@ -125,13 +125,13 @@ def test_real_scale_vit_b_int8_meets_gates(vitb_real_scale, tmp_path) -> None:
 def test_trained_demo_static_int8_keeps_the_explanation(trained_world, tmp_path) -> None:
     """Issue 12 item 3: static int8 with --calib on the trained demo model.
 
-    Measured (this machine): on the 49 validation/calibration images, top-1 agreement 1.0, attention
-    correlation 0.9997 mean and 0.994 worst map, every block in int8 (the attention-probability MatMuls
-    stay float32: int8 steps of 1/255 on probabilities of ~1/(C+T) had erased the maps, worst 0.48).
-    On held-out images the worst single map of ALL classes drops to ~0.86-0.89 (752 images): those
-    worst maps are near-flat maps of classes that are not in the image (std 30-250x below the median
-    map's, peak <= 0.004), where a correlation measures float noise. The maps the runtime shows (the
-    predicted class) keep >= 0.97. That is the honest limit, and what this test holds.
+    Measured (this machine, the demo recipe's 8-head model, seed 0): on the 49 validation/calibration
+    images top-1 agreement 1.0 and attention correlation 0.99995 mean / 0.9985 worst map; on 256
+    held-out images 0.99993 mean and 0.9943 worst single map over every class and head, every block
+    in int8 (the attention-probability MatMuls stay float32: int8 steps of 1/255 on probabilities of
+    ~1/(C+T) had erased the maps, worst 0.48). The 4-head model before it had near-flat maps of
+    absent classes that fell to 0.86 on held-out images; this one has none, so the issue's own
+    target, a worst map >= 0.9, is what is asserted.
     """
     from promptcam.runtime.images import iter_image_files, read_image, resize_for_model
 
@@ -164,7 +164,7 @@ def test_trained_demo_static_int8_keeps_the_explanation(trained_world, tmp_path)
     assert (logits.argmax(-1) == top).mean() >= 0.98
     assert corr.mean() >= 0.99
     assert top_maps.min() >= 0.95  # the explanation the runtime shows
-    assert not low.any() or spread[low].max() < 0.1 * np.median(spread)  # only near-flat maps fall below 0.9
+    assert corr.min() >= 0.9  # every class's and head's map, on images the calibration never saw
     dynamic = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "dyn", precision="int8",
                                          calib=calib, calib_limit=48, int8_mode="dynamic"), **QUIET)
     assert dynamic.int8_mode == "dynamic" and dynamic.validation["int8_gates"]["passed"]

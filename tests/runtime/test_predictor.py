@@ -54,7 +54,12 @@ def test_trait_ranking_equals_reference(predictor, tiny_checkpoints) -> None:
 
 
 def test_trait_ranking_on_trained_model(trained_world) -> None:
-    """Same top-k head set as the PyTorch reference on a trained model's real images (k=4 of 4)."""
+    """Same trait heads, in the same order, and the same blurred scores as the PyTorch reference on a
+    trained model's real images (k=2 of the demo's 8 heads).
+
+    The order of the heads blurred first is not compared: on a confident image blurring any of them
+    leaves the class probability at ~1.0, so which goes first is a float tie between ONNX Runtime
+    and PyTorch; their scores, which are what the ranking rests on, are compared instead."""
     from promptcam.runtime.images import read_image
 
     predictor = Predictor(trained_world["model"], "ort-cpu")
@@ -64,8 +69,9 @@ def test_trait_ranking_on_trained_model(trained_world) -> None:
         result = predictor.predict([read_image(path)], traits=2)[0]
         c = result.top1.index
         reference = rank_trait_heads(model, normalize_pixels(predictor.prepare(path)[0], model.config)[0], c, k=2)
-        assert set(result.traits[c].top_heads) == set(reference.top_heads), path
-        assert result.traits[c].order == reference.order, path
+        assert result.traits[c].top_heads == reference.top_heads, path
+        np.testing.assert_allclose(result.traits[c].removal_scores, reference.removal_scores, atol=1e-4,
+                                   err_msg=str(path))
 
 
 def test_unknown_class_and_bad_input(predictor) -> None:

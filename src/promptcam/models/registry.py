@@ -51,6 +51,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "bioclip_vitb16": _clip_vit(224, 16, 768, 12, 12, act="quick_gelu"),
     "vit_tiny_patch16": BackboneSpec(224, 16, 192, 12, 3, False, "vit_tiny_patch16_224.augreg_in21k"),
     "vit_micro_patch8": BackboneSpec(64, 8, 128, 4, 4, False, None),
+    # The demo's stand-in for DINO: 8 heads give each class's prompt 8 chances to find its trait.
+    "vit_micro_patch8_h8": BackboneSpec(64, 8, 128, 4, 8, False, None),
     "vit_micro_patch14_ls": BackboneSpec(56, 14, 64, 2, 2, True, None),
 }
 

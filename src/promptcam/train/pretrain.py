@@ -33,9 +33,12 @@ def pretrain_backbone(
     """Train a timm ViT classifier on ``data/train`` and save its backbone state dict (no head).
 
     ``local_weight`` > 0 adds a self-supervised term: every final patch token must also reconstruct
-    its own patch's pixels (per-patch normalised, as MAE does). Classification alone lets the blocks
-    copy the trait colours into any token; DINO's patch features, which this backbone stands in
-    for, stay local, and Prompt-CAM's maps are only as local as the tokens they attend to.
+    its own patch's pixels. Classification alone lets the blocks copy the trait colours into any
+    token; DINO's patch features, which this backbone stands in for, stay local, and Prompt-CAM's
+    maps are only as local as the tokens they attend to. The target is the patch as the model sees
+    it, not normalised per patch as MAE does: that normalisation maps every flat patch to zero, so
+    the inside of a white tail and of the grey body asked the same of their tokens, and prompts of
+    white-tailed classes found nothing local to attend to.
     """
     seed_everything(seed)
     train_dir = Path(data) / "train"
@@ -62,7 +65,7 @@ def pretrain_backbone(
             if local_weight:
                 prefix = model.num_prefix_tokens
                 loss = loss + local_weight * torch.nn.functional.mse_loss(
-                    decoder(tokens[:, prefix:]), normalized_patches(images, patch))
+                    decoder(tokens[:, prefix:]), patch_pixels(images, patch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -76,10 +79,8 @@ def pretrain_backbone(
     return out
 
 
-def normalized_patches(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, N, patch*patch*3], each patch normalised to zero mean and unit variance."""
+def patch_pixels(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, N, patch*patch*3]: each patch's (model-normalised) pixels, row-major patches."""
     b, c, h, w = images.shape
     patches = images.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 3, 5, 1)
-    patches = patches.reshape(b, (h // patch) * (w // patch), patch * patch * c)
-    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
-    return (patches - mean) / (var + 1e-6).sqrt()
+    return patches.reshape(b, (h // patch) * (w // patch), patch * patch * c)

@@ -44,7 +44,8 @@ class DemoRecipe:
     Then one or two classes per seed kept near-uniform maps that still classified by pooling. Those
     were mostly white- and orange-tailed classes: the reconstruction target was normalised per
     patch, which erases flat colours (a white tail read like the grey body); the target is now the
-    pixels themselves. With that, 8 heads instead of 4 gave every seed's classes a focused map.
+    pixels themselves, and 8 heads instead of 4 give each prompt more chances to find its trait.
+    Seeds 0/1/2 now reach 99.9/95.2/89.8% (README); seed 2 still leaves three classes off-trait.
     """
 
     arch: str = "vit_micro_patch8_h8"

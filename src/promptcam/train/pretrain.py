@@ -28,6 +28,7 @@ def pretrain_backbone(
     batch_size: int = 64,
     seed: int = 0,
     local_weight: float = 0.0,
+    pool: str = "token",
     log=print,  # noqa: ANN001
 ) -> Path:
     """Train a timm ViT classifier on ``data/train`` and save its backbone state dict (no head).
@@ -39,14 +40,23 @@ def pretrain_backbone(
     it, not normalised per patch as MAE does: that normalisation maps every flat patch to zero, so
     the inside of a white tail and of the grey body asked the same of their tokens, and prompts of
     white-tailed classes found nothing local to attend to.
+
+    ``pool`` is what the classification loss sees: ``"token"`` the [cls] token (timm's default),
+    ``"avg"`` the mean of the patch tokens. Through [cls], patch tokens are free scratch space: the
+    blocks can park the class evidence on background patches, and a prompt may then classify from
+    there. Averaging makes each patch token answer for its own patch, the reason CAM classifies
+    from a global average: the evidence stays on the trait patches that Prompt-CAM should point at.
+    The saved state dict has the same keys either way (the final norm stays ``norm``).
     """
+    if pool not in ("token", "avg"):
+        raise ValueError(f"pool must be 'token' or 'avg', not {pool!r}")
     seed_everything(seed)
     train_dir = Path(data) / "train"
     folders = [f for f, _ in find_classes(train_dir)]
     config = make_config(arch, len(folders))
     model = VisionTransformer(img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim,
                               depth=config.depth, num_heads=config.num_heads, num_classes=len(folders),
-                              init_values=1e-5 if config.layerscale else None)
+                              init_values=1e-5 if config.layerscale else None, global_pool=pool, fc_norm=False)
     # no augmentation: the synthetic world already varies position, size and facing
     loader = DataLoader(ImageFolderData(list_samples(train_dir, folders), config, train=False),
                         batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True,

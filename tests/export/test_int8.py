@@ -22,7 +22,7 @@ from promptcam.core.manifest import read_manifest
 from promptcam.export import passes
 from promptcam.export.gates import Int8Gates
 from promptcam.export.passes import ExportOptions, export_model, run_passes, synthetic_pixels
-from promptcam.export.validate import compare, eager_outputs
+from promptcam.export.validate import FLAT_MAP_SPREAD, FLAT_MAP_TOLERANCE, compare, eager_outputs
 from promptcam.models.checkpoint import load_model, save_checkpoint
 
 QUIET = dict(log=lambda _: None)
@@ -151,30 +151,38 @@ def test_trained_demo_static_int8_keeps_the_explanation(trained_world, tmp_path)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits, attention = session.run(["logits", "attention"], {"pixels": pixels})
     want_logits, want_attention = eager_outputs(load_model(trained_world["ckpt"]), pixels)
+    spread = want_attention.std(-1)
+    # a map without spread (a head that gave its row to the [cls] and prompt tokens) has no Pearson
+    # correlation to speak of: float noise, anything in [-1, 1]; it must match in absolute terms
+    flat = spread < FLAT_MAP_SPREAD
     corr = map_correlations(attention, want_attention)  # [B, C, heads]
     top = want_logits.argmax(-1)
     top_maps = corr[np.arange(len(files)), top]
-    spread = want_attention.std(-1)
-    low = corr < 0.9
+    structured = corr[~flat]
+    flat_diff = float(np.abs(attention - want_attention).max(-1)[flat].max()) if flat.any() else 0.0
+    low = (corr < 0.9) & ~flat
     print(f"demo static int8 ({ctx.int8_report['plan']}):", {k: round(ctx.validation[k], 5) for k in GATED},
-          f"held-out ({len(files)} images): top-1 {float((logits.argmax(-1) == top).mean()):.4f}, all maps "
-          f"{corr.mean():.5f} mean / {corr.min():.5f} worst, predicted-class maps {top_maps.min():.5f} worst, "
-          f"{int(low.sum())} maps < 0.9, their spread <= {spread[low].max() if low.any() else 0:.2e} "
-          f"(median map {np.median(spread):.2e})")
+          f"held-out ({len(files)} images): top-1 {float((logits.argmax(-1) == top).mean()):.4f}, maps with spread "
+          f"{structured.mean():.5f} mean / {structured.min():.5f} worst, predicted-class maps "
+          f"{top_maps.min():.5f} worst, {int(low.sum())} maps < 0.9 (their spread <= "
+          f"{spread[low].max() if low.any() else 0:.2e}, median map {np.median(spread):.2e}); "
+          f"{int(flat.sum())} flat maps (spread < {FLAT_MAP_SPREAD:g}), max |diff| {flat_diff:.2e}")
     assert (logits.argmax(-1) == top).mean() >= 0.98
-    assert corr.mean() >= 0.99
+    assert structured.mean() >= 0.99
     assert top_maps.min() >= 0.95  # the explanation the runtime shows
-    assert corr.min() >= 0.9  # every class's and head's map, on images the calibration never saw
+    assert structured.min() >= 0.9  # every class's and head's map, on images the calibration never saw
+    assert flat_diff <= FLAT_MAP_TOLERANCE  # flat in fp32, flat in int8
     dynamic = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "dyn", precision="int8",
                                          calib=calib, calib_limit=48, int8_mode="dynamic"), **QUIET)
     assert dynamic.int8_mode == "dynamic" and dynamic.validation["int8_gates"]["passed"]
 
 
 def map_correlations(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every (image, class, head) map, over the patches."""
-    got = got - got.mean(-1, keepdims=True)
-    want = want - want.mean(-1, keepdims=True)
-    return (got * want).sum(-1) / np.sqrt((got * got).sum(-1) * (want * want).sum(-1))
+    """Pearson correlation of every (image, class, head) map, over the patches (0 where undefined)."""
+    got = got.astype(np.float64) - got.mean(-1, keepdims=True)
+    want = want.astype(np.float64) - want.mean(-1, keepdims=True)
+    denom = np.sqrt((got * got).sum(-1) * (want * want).sum(-1))
+    return np.where(denom > 0, (got * want).sum(-1) / np.maximum(denom, 1e-300), 0.0)
 
 
 def test_broken_quantisation_is_refused_and_writes_nothing(micro_real_scale, tmp_path) -> None:

@@ -59,6 +59,29 @@ def test_tolerance_scales_with_the_reference() -> None:
     assert reported.passed is None and reported.line().startswith("REPORT")
 
 
+
+def test_flat_attention_maps_are_judged_by_absolute_difference() -> None:
+    """A head that gives its whole row to the [cls] and prompt tokens leaves a patch map of ~1e-10
+    varying by ~1e-13 (the trained demo model has one): its Pearson correlation is that of float
+    noise, so it is judged by absolute difference; maps with structure stay judged by correlation."""
+    rng = np.random.default_rng(0)
+    want = (rng.random((1, 3, 64)) / 64).astype(np.float32)
+    want[0, 1] = 1e-10 + rng.normal(0, 1e-13, 64)
+    noise = want.copy()
+    noise[0, 1] = 1e-10 + rng.normal(0, 1e-13, 64)  # the same flat map, other rounding
+    plain = np.corrcoef(noise[0, 1].astype(np.float64), want[0, 1].astype(np.float64))[0, 1]
+    assert abs(plain) < 0.9  # what Pearson alone made of it
+    check = compare("attention", 1, noise, want)
+    assert check.flat_maps == 1 and check.min_correlation == pytest.approx(1.0)
+    assert "1 flat maps compared by max_abs" in check.line()
+    grown = want.copy()
+    grown[0, 1, 5] += 1e-3  # structure where the reference has none
+    assert compare("attention", 1, grown, want).min_correlation == 0.0
+    reversed_map = want.copy()
+    reversed_map[0, 0] = want[0, 0, ::-1]  # a structured map that moved
+    check = compare("attention", 1, reversed_map, want)
+    assert check.flat_maps == 1 and check.min_correlation < 0.5
+
 @pytest.mark.parametrize("layout", sorted(TINY))
 @pytest.mark.parametrize("constant", ["last_prompt_tokens", "head_w", "last_block.prompt_values"])
 def test_folded_constant_off_by_1e3_fails_and_writes_nothing(layout: str, constant: str, tiny_checkpoints,

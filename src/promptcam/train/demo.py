@@ -49,8 +49,8 @@ class DemoRecipe:
     average (``pretrain_pool``), which ties each token to its own patch. 8 heads instead of 4
     give each prompt more chances to find its trait. A prompt that stays diffuse still classifies
     (a uniform row averages the patch tokens, which is what pretraining classified from); weight
-    decay 0.05 instead of the published 0.001 favours the focused solution, which reaches the
-    same margin with smaller prompts.
+    decay 0.05 instead of the published 0.001 moved those prompts onto their traits. Seeds 0/1/2
+    reach 99.8/94.6/98.1% (README, "The demo, measured").
     """
 
     arch: str = "vit_micro_patch8_h8"

@@ -22,7 +22,13 @@ from promptcam.core.manifest import read_manifest
 from promptcam.export import passes
 from promptcam.export.gates import Int8Gates
 from promptcam.export.passes import ExportOptions, export_model, run_passes, synthetic_pixels
-from promptcam.export.validate import FLAT_MAP_SPREAD, FLAT_MAP_TOLERANCE, compare, eager_outputs
+from promptcam.export.validate import (
+    FLAT_MAP_SPREAD,
+    FLAT_MAP_TOLERANCE,
+    compare,
+    eager_outputs,
+    map_correlation,
+)
 from promptcam.models.checkpoint import load_model, save_checkpoint
 
 QUIET = dict(log=lambda _: None)
@@ -157,7 +163,7 @@ def test_trained_demo_static_int8_keeps_the_explanation(trained_world, tmp_path)
     # a map without spread (a head that gave its row to the [cls] and prompt tokens) has no Pearson
     # correlation to speak of: float noise, anything in [-1, 1]; it must match in absolute terms
     flat = spread < FLAT_MAP_SPREAD
-    corr = map_correlations(attention, want_attention)  # [B, C, heads]
+    corr = map_correlation(attention, want_attention, flat)  # [B, C, heads]
     top = want_logits.argmax(-1)
     top_maps = corr[np.arange(len(files)), top]
     structured = corr[~flat]
@@ -177,14 +183,6 @@ def test_trained_demo_static_int8_keeps_the_explanation(trained_world, tmp_path)
     dynamic = export_model(ExportOptions(ckpt=trained_world["ckpt"], out=tmp_path / "dyn", precision="int8",
                                          calib=calib, calib_limit=48, int8_mode="dynamic"), **QUIET)
     assert dynamic.int8_mode == "dynamic" and dynamic.validation["int8_gates"]["passed"]
-
-
-def map_correlations(got: np.ndarray, want: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every (image, class, head) map, over the patches (0 where undefined)."""
-    got = got.astype(np.float64) - got.mean(-1, keepdims=True)
-    want = want.astype(np.float64) - want.mean(-1, keepdims=True)
-    denom = np.sqrt((got * got).sum(-1) * (want * want).sum(-1))
-    return np.where(denom > 0, (got * want).sum(-1) / np.maximum(denom, 1e-300), 0.0)
 
 
 def test_broken_quantisation_is_refused_and_writes_nothing(micro_real_scale, tmp_path) -> None:

@@ -59,7 +59,6 @@ def test_tolerance_scales_with_the_reference() -> None:
     assert reported.passed is None and reported.line().startswith("REPORT")
 
 
-
 def test_flat_attention_maps_are_judged_by_absolute_difference() -> None:
     """A head that gives its whole row to the [cls] and prompt tokens leaves a patch map of ~1e-10
     varying by ~1e-13 (the trained demo model has one): its Pearson correlation is that of float
@@ -81,6 +80,7 @@ def test_flat_attention_maps_are_judged_by_absolute_difference() -> None:
     reversed_map[0, 0] = want[0, 0, ::-1]  # a structured map that moved
     check = compare("attention", 1, reversed_map, want)
     assert check.flat_maps == 1 and check.min_correlation < 0.5
+
 
 @pytest.mark.parametrize("layout", sorted(TINY))
 @pytest.mark.parametrize("constant", ["last_prompt_tokens", "head_w", "last_block.prompt_values"])

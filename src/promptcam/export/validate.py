@@ -128,15 +128,16 @@ def flat_maps(want: np.ndarray) -> np.ndarray:
     return want.std(-1) < FLAT_MAP_SPREAD
 
 
-def map_correlation(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+def map_correlation(got: np.ndarray, want: np.ndarray, flat: np.ndarray | None = None) -> np.ndarray:
     """Pearson correlation of each map (row over the last axis) of ``got`` with ``want``; flat
-    reference maps count 1.0 when matched within ``FLAT_MAP_TOLERANCE``, else 0.0."""
+    reference maps (``flat``, else ``flat_maps(want)``) count 1.0 when matched within
+    ``FLAT_MAP_TOLERANCE``, else 0.0."""
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
     a = got64 - got64.mean(-1, keepdims=True)
     b = want64 - want64.mean(-1, keepdims=True)
     denom = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
     corr = np.where(denom > 0, (a * b).sum(-1) / np.maximum(denom, 1e-300), 0.0)
-    flat = flat_maps(want64)
+    flat = flat_maps(want64) if flat is None else flat
     matched = np.abs(got64 - want64).max(-1) <= FLAT_MAP_TOLERANCE
     return np.where(flat, matched.astype(np.float64), corr)
 
@@ -157,9 +158,10 @@ def compare(output: str, batch: int, got: np.ndarray, want: np.ndarray, factor: 
         check.top1_agreement = float((got.argmax(-1) == want.argmax(-1)).mean())
     elif output == ATTENTION:
         rows_got, rows_want = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
-        corr = map_correlation(rows_got, rows_want)
+        flat = flat_maps(rows_want.astype(np.float64))
+        corr = map_correlation(rows_got, rows_want, flat)
         check.min_correlation, check.mean_correlation = float(corr.min()), float(corr.mean())
-        check.flat_maps = int(flat_maps(rows_want.astype(np.float64)).sum())
+        check.flat_maps = int(flat.sum())
     return check
 
 

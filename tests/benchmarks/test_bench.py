@@ -68,4 +68,4 @@ def test_peers_without_cuda_are_skipped_with_reason(tmp_path) -> None:
 
 def test_eager_batches_must_be_measured_batches(tmp_path) -> None:
     result = run_cli("promptcam-bench", "--quick", "--batch", "1,2", "--eager-batch", "4", "--out", tmp_path)
-    assert result.returncode != 0 and "--eager-batch [4] must be a subset of --batch [1, 2]" in result.stderr
+    assert result.returncode != 0 and "--eager-batch [4] must be a subset of --batch-size [1, 2]" in result.stderr

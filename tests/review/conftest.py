@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import run_cli
-from promptcam.runtime.results import ImageRecord
-from promptcam.runtime.store import ResultStore
+from promptcam.results.store import ResultStore
+from promptcam.runtime.records import ImageRecord
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"  # a legal file name that is markup
 HOSTILE_CLASS = "<script>alert(1)</script>"

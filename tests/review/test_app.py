@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import HOSTILE_CLASS, HOSTILE_NAME
 
+from promptcam.results.journal import Journal
 from promptcam.review.app import create_app
 from promptcam.review.index import build_index, locate
 from promptcam.review.media import Explainer
-from promptcam.runtime.results import Journal
 
 pytest.importorskip("httpx", reason="starlette's test client needs httpx (the dev extra)")
 from starlette.testclient import TestClient  # noqa: E402
@@ -198,7 +198,7 @@ def test_station_database(station_db: Path, tmp_path: Path) -> None:
 
 def test_detection_boxes_and_the_crops_filter(results_copy: Path) -> None:
     """A record with a ``detections`` list (``--detections`` runs) is a crop result; whole-image ones are not."""
-    from promptcam.runtime.results import write_jsonl
+    from promptcam.results.formats import write_jsonl
 
     records = Journal(results_copy / "results.jsonl").read()
     target = next(r for r in records if r.ok)

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptcam.runtime.detection_run import DetectionOptions
-from promptcam.runtime.pipeline import RunOptions, RunSummary, run_files
+from promptcam.batch.options import DetectionOptions
+from promptcam.batch.run import RunOptions, RunSummary, run_files
 
 
 def val_tiles(world: Path, per_class: int) -> list[tuple[np.ndarray, int]]:

@@ -12,13 +12,14 @@ import pytest
 from camera_trap_scenes import build_scene, detection_file_run, val_tiles, write_md
 
 from helpers import run_cli
+from promptcam.batch.detections import load_detector_file, match_inputs
+from promptcam.batch.inputs import collect_inputs
+from promptcam.batch.options import DetectionOptions
+from promptcam.batch.run import RunOptions, run_files
 from promptcam.core.errors import PromptCamError
+from promptcam.results.megadetector import normalise_name
 from promptcam.runtime import Predictor
 from promptcam.runtime.crops import CROP_MARGIN, clip_box, crop_reduction, crop_square, cut_square
-from promptcam.runtime.detection_run import DetectionOptions
-from promptcam.runtime.detections import load_detector_file, match_inputs, normalise_name
-from promptcam.runtime.inputs import collect_inputs
-from promptcam.runtime.pipeline import RunOptions, run_files
 
 
 @pytest.fixture(scope="module")

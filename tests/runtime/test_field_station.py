@@ -19,7 +19,7 @@ from PIL import Image
 
 from helpers import run_cli
 from promptcam.runtime.exif import exif_datetime
-from promptcam.runtime.stream import LatestFrameReader, MotionGate, Sampler, parse_every, stream_name
+from promptcam.station.stream import LatestFrameReader, MotionGate, Sampler, parse_every, stream_name
 
 WATCH = str(Path(sys.executable).parent / "promptcam-watch")
 

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 
 from helpers import run_cli
+from promptcam.batch.run import RunOptions, run_files
 from promptcam.core.errors import BackendUnavailableError
 from promptcam.runtime import Predictor
 from promptcam.runtime.backends import has_nvidia_driver
 from promptcam.runtime.gpu_decode import check_gpu_decode
-from promptcam.runtime.pipeline import RunOptions, run_files
 
 GPU_DECODE_READY = (has_nvidia_driver() and "CUDAExecutionProvider" in ort.get_available_providers()
                     and importlib.util.find_spec("nvidia.nvimgcodec") is not None

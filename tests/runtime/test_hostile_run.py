@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from hostile_corpus import make_hostile_corpus
 
-from promptcam.runtime.inputs import NAME_MAX, collect_inputs, heatmap_paths, root_labels
+from promptcam.batch.inputs import collect_inputs, root_labels
+from promptcam.runtime.records import NAME_MAX, heatmap_paths
 
 ADDRESS_SPACE_LIMIT = 4 * 2**30  # a decoded 30000x30000 bomb alone is 2.7 GB; the run must stay far below
 

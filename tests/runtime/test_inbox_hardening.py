@@ -16,11 +16,11 @@ from hostile_corpus import make_hostile_corpus
 from watch_helpers import db_rows, jpeg, sha, watch
 
 from helpers import run_cli
-from promptcam.runtime.archive import FAULT_EXIT, fit_name, valid_taken_at
+from promptcam.results.store import ResultStore, name_from_db
 from promptcam.runtime.images import is_image_path
-from promptcam.runtime.inbox import TEMP_SUFFIXES
-from promptcam.runtime.results import ImageRecord
-from promptcam.runtime.store import ResultStore, name_from_db
+from promptcam.runtime.records import ImageRecord, fit_name
+from promptcam.station.archive import FAULT_EXIT, valid_taken_at
+from promptcam.station.readiness import TEMP_SUFFIXES
 
 
 def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> set[str]:
@@ -212,10 +212,11 @@ def test_untrusted_capture_dates_fall_back_to_mtime(value) -> None:
 def test_archive_names_fit_and_stay_one_component() -> None:
     assert valid_taken_at("2024-05-06T07:08:09", 0.0) == "2024-05-06T07:08:09"
     long = "L" * 251 + ".jpg"
-    short = fit_name(long, reserve=20)
-    assert len(short.encode()) <= 235 and short.endswith(".jpg") and short != fit_name("M" * 251 + ".jpg", reserve=20)
-    assert fit_name(os.fsdecode(b"\xff\xfe.jpg")) == "\\xff\\xfe.jpg"
-    assert len(fit_name("é" * 200 + ".jpg").encode()) <= 255
+    short = fit_name(long, reserve=20, readable=True)
+    other = fit_name("M" * 251 + ".jpg", reserve=20, readable=True)
+    assert len(short.encode()) <= 235 and short.endswith(".jpg") and short != other
+    assert fit_name(os.fsdecode(b"\xff\xfe.jpg"), readable=True) == "\\xff\\xfe.jpg"
+    assert len(fit_name("é" * 200 + ".jpg", readable=True).encode()) <= 255
 
 
 def _start_then_kill_after_commit(model: Path, inbox: Path, db: Path, *extra: object) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from watch_helpers import db_rows, jpeg, watch
 
-from promptcam.runtime.archive import FAULT_EXIT, MOVE_STEPS
+from promptcam.station.archive import FAULT_EXIT, MOVE_STEPS
 
 SHM = Path("/dev/shm")
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from promptcam.core.atomic import file_sha256
 from promptcam.core.errors import BackendUnavailableError, ManifestError
 from promptcam.core.manifest import read_manifest
 from promptcam.runtime import Predictor
-from promptcam.runtime.backends.onnxruntime import OrtBackend, file_sha256, trt_cache_dir
+from promptcam.runtime.backends.onnxruntime import OrtBackend, trt_cache_dir
 
 
 def _copy(tiny_export: Path, tmp_path: Path) -> Path:

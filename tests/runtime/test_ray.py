@@ -55,7 +55,7 @@ def test_ray_run_matches_local_run(trained_world, folder, tmp_path) -> None:
 def test_core_runtime_does_not_import_ray(tiny_export) -> None:
     import subprocess
 
-    code = ("import sys; import promptcam.runtime, promptcam.runtime.pipeline, promptcam.runtime.cli; "
+    code = ("import sys; import promptcam.runtime, promptcam.batch.run, promptcam.cli.run; "
             "print('ray' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "False"

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from camera_trap_scenes import val_tiles, write_jpeg
 
+from promptcam.batch.run import RunOptions, run_files
 from promptcam.runtime import Predictor
-from promptcam.runtime.images import decode_image, frame_reduction, full_size_of, reduced_size
-from promptcam.runtime.pipeline import RunOptions, run_files
+from promptcam.runtime.images import decode_image, full_size_of, reduced_size
+from promptcam.runtime.model_input import frame_reduction
 
 
 def test_reduction_choice_and_reported_size():
@@ -77,7 +78,7 @@ def test_reduced_decoding_predicts_as_full_decoding(trained_world, frames, tmp_p
 
 
 def test_real_size_measurement_runs_both_folders(trained_world):
-    from promptcam.runtime.realsize import measure_real_size
+    from promptcam.benchmarks.realsize import measure_real_size
 
     with Predictor(trained_world["model"], "ort-cpu", batch_size=8) as predictor:
         result = measure_real_size(predictor, frames=2, repeats=1)

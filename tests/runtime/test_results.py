@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import run_cli
-from promptcam.runtime.results import ImageRecord, Journal, class_names_seen, write_outputs
-from promptcam.runtime.store import ResultStore, record_from_row
+from promptcam.results.formats import class_names_seen, write_outputs
+from promptcam.results.journal import Journal
+from promptcam.results.store import ResultStore, record_from_row
+from promptcam.runtime.records import ImageRecord
 
 TOP = [{"index": 2, "name": "=cmd", "probability": 0.7}, {"index": 0, "name": "fox", "probability": 0.2}]
 

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from helpers import run_cli
+from promptcam.batch.run import RunOptions, run_files
 from promptcam.export.validate import eager_outputs
 from promptcam.models.checkpoint import load_model
 from promptcam.runtime import Predictor
 from promptcam.runtime.images import read_image, resize_for_model
-from promptcam.runtime.pipeline import RunOptions, run_files
 
 
 @pytest.fixture(scope="module")

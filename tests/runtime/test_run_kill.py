@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from promptcam.batch.run import RunOptions, run_files
 from promptcam.runtime import Predictor
-from promptcam.runtime.pipeline import RunOptions, run_files
 
 N_IMAGES = 24
 

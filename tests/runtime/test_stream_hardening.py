@@ -15,7 +15,7 @@ import pytest
 from helpers import run_cli
 from promptcam.core.errors import PromptCamError
 from promptcam.runtime.predictor import Predictor
-from promptcam.runtime.stream import StreamOptions, redact_source, run_stream, stream_name
+from promptcam.station.stream import StreamOptions, redact_source, run_stream, stream_name
 
 SECRETS = ("s3cret", "tok123", "hunter2")
 CAMERA = "RTSP://admin:s3cret@cam.local/live?token=tok123&channel=2"

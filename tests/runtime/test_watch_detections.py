@@ -17,9 +17,10 @@ from camera_trap_scenes import build_scene, detection_file_run, val_tiles, write
 from watch_helpers import db_rows, watch
 
 from helpers import run_cli
+from promptcam.results.megadetector import MEGADETECTOR_CATEGORIES
 from promptcam.runtime import Predictor
-from promptcam.runtime.detections import MEGADETECTOR_CATEGORIES
-from promptcam.runtime.inbox import InboxWatcher, WatchOptions
+from promptcam.station.inbox import InboxWatcher
+from promptcam.station.options import SidecarOptions, WatchOptions
 
 SETTLE = 1.0
 SIDECAR_WAIT = 30.0
@@ -88,7 +89,7 @@ def _watcher(predictor, tmp_path: Path, clock: Clock, logs: list[str], **extra) 
     """A watcher with heatmaps (so photos decode at the reduction of the reference file run)."""
     extra.setdefault("heatmaps", tmp_path / "heat")
     options = WatchOptions(inbox=tmp_path / "inbox", db=tmp_path / "results.sqlite", settle=SETTLE, use_events=False,
-                           detections="sidecar", sidecar_wait=SIDECAR_WAIT, incomplete_wait=INCOMPLETE_WAIT, **extra)
+                           detections=SidecarOptions(wait=SIDECAR_WAIT), incomplete_wait=INCOMPLETE_WAIT, **extra)
     watcher = InboxWatcher(predictor, options, log=logs.append, clock=clock)
     watcher.start()
     return watcher

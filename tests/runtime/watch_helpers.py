@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from promptcam.runtime.archive import FAULT_ENV
+from promptcam.station.archive import FAULT_ENV
 
 WATCH = str(Path(sys.executable).parent / "promptcam-watch")
 MEMORY_LIMIT = 2 * 2**30  # address space of the watcher (its RSS on the corpus is ~150 MB; a decoded bomb is GBs)

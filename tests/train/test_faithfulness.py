@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from helpers import perturbed_model, run_cli
-from promptcam.runtime.faithfulness import (
+from promptcam.explain.baselines import (
+    METHODS,
+    TorchExplainer,
+    faithfulness_table,
+    patch_tokens_to_grid,
+)
+from promptcam.explain.metrics import (
     FaithfulnessTable,
     Protocol,
     auc,
@@ -23,13 +29,7 @@ from promptcam.runtime.faithfulness import (
     score_batched,
     upsample_saliency,
 )
-from promptcam.train.faithfulness import (
-    METHODS,
-    TorchExplainer,
-    faithfulness_table,
-    patch_tokens_to_grid,
-    world_images,
-)
+from promptcam.train.synthetic import world_images
 
 SIZE, GRID = 32, 8
 REGION = (slice(8, 16), slice(20, 28))  # patches (2..3, 5..6) of the 8x8 grid of 4-px patches

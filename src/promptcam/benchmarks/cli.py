@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from promptcam.core.cli import run_cli
+from promptcam.core.cli import deprecated_alias, run_cli, verbose_option
 
 from .backends import BACKENDS
 
@@ -123,7 +123,7 @@ def _end_to_end(model_dir: Path, engine: str, pixels_per_second: float, batch: i
     """Folder throughput of promptcam-run (decode + infer + write) vs pure inference."""
     import cv2
 
-    from promptcam.runtime.pipeline import RunOptions, run_files
+    from promptcam.batch.run import RunOptions, run_files
     from promptcam.runtime.predictor import Predictor
 
     folder = work / "e2e_images"
@@ -188,12 +188,14 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--backbone", type=click.Choice(["dino_vitb16", "dinov2_vitb14", "bioclip_vitb16"]),
               default="dino_vitb16", show_default=True,
               help="Backbone of the random-weight model (without --ckpt), C=200.")
-@click.option("--batch", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--batch-size", "batches", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@deprecated_alias("--batch", "--batch-size")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True)
 @click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--iters", type=int, default=5, show_default=True)
 @click.option("--seconds", type=float, default=None, help="Time budget per measurement instead of --iters.")
-@click.option("--threads", type=int, default=None, help="Threads for torch and ORT (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for torch and ORT (default: all cores).")
 @click.option("--e2e-images", type=int, default=64, show_default=True,
               help="Images for the folder measurement (0: off).")
 @click.option("--real-size-frames", type=int, default=16, show_default=True,
@@ -203,7 +205,7 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--real-scale-backends", default="ort-cpu-fp32,ort-cpu-int8,ort-cuda-fp16,trt-fp16", show_default=True,
               help="Backends measured on the real-scale checkpoint.")
 @click.option("--eager-batch", "eager_batches", default=None,
-              help="Batch sizes of the PyTorch rows (eager*), a subset of --batch (default: all of --batch).")
+              help="Batch sizes of the PyTorch rows (eager*), a subset of --batch-size (default: all of them).")
 @click.option("--peer-device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="Device of eager-fp16/eager-compile-fp16. cpu: autocast bfloat16, a code-path check only.")
 @click.option("--compile-backend", default="inductor", show_default=True,
@@ -214,7 +216,7 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--work", type=click.Path(path_type=Path), default=None,
               help="Keep exports here and reuse them across runs (keyed by a digest of the weights).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@verbose_option
 def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: str, warmup: int, iters: int,
          seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, real_scale: bool,
          real_scale_backends: str, eager_batches: str | None, peer_device: str, compile_backend: str,
@@ -245,7 +247,7 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
         sizes = [int(b) for b in batches.split(",")]
         eager_sizes = sizes if eager_batches is None else [int(b) for b in eager_batches.split(",")]
         if not set(eager_sizes) <= set(sizes):
-            raise click.BadParameter(f"--eager-batch {eager_sizes} must be a subset of --batch {sizes}")
+            raise click.BadParameter(f"--eager-batch {eager_sizes} must be a subset of --batch-size {sizes}")
         wanted = [b.strip() for b in backends.split(",") if b.strip()]
         unknown = set(wanted) - set(BACKENDS)
         if unknown:
@@ -341,7 +343,7 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
                     result["end_to_end"] = _end_to_end(primary.model_dir, primary.engine, pure["images_per_second"],
                                                        best_batch, n_threads, work_dir, e2e_images)
                 if real_size_frames:
-                    from promptcam.runtime.realsize import real_size_row
+                    from promptcam.benchmarks.realsize import real_size_row
 
                     # on a CPU the int8 export when built: the fastest model leaves decoding the least room
                     sized = primary if primary.on_gpu else built.get("ort-cpu-int8", primary)

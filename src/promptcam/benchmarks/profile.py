@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from promptcam.core.atomic import atomic_write_text
+from promptcam.core.iospec import PIXELS
 
 
 def summarise_profile(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def profile_model(model_path: Path, engine: str, batch: int, out: Path, *, runs:
     size = session.get_inputs()[0].shape[1]
     pixels = np.random.default_rng(batch).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     for _ in range(runs + 1):
-        session.run(list(outputs), {"pixels": pixels})
+        session.run(list(outputs), {PIXELS: pixels})
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())
     # drop the first run (allocations, kernel selection): events after the first model_run ends

@@ -8,6 +8,7 @@ so a target whose name is near the file-system limit (255 bytes) can still be wr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -81,3 +82,12 @@ def _temp_beside(path: str | Path, *, durable: bool) -> Iterator[Path]:
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks (model files, checkpoints, detector files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -2,6 +2,8 @@
 
 - ``run_cli``: a ``PromptCamError`` becomes one clear ``error: ...`` line and exit code 1.
 - ``option_group``: options declared once and reused by every command that needs them.
+- ``verbose_option``: ``--verbose`` (tracebacks), the same in every verb; ``deprecated_alias``: an old
+  spelling of an option that still works, with a warning, hidden from ``--help``.
 - ``GroupedCommand``: ``--help`` lists options under headings (files / stream / Ray ...).
 - ``LazyGroup``: the ``promptcam`` command imports a subcommand only when it runs, so ``promptcam run``
   works on a field station without torch.
@@ -49,6 +51,41 @@ def option_group(section: str, *options: Decorator) -> Decorator:
 
 
 verbose_option = click.option("--verbose", is_flag=True, help="Show tracebacks.")
+
+
+class DeprecatedAlias(click.Option):
+    """A hidden old spelling of another option of the same command (``deprecated_alias``).
+
+    Its value is handed to the option spelled ``new``, as if given there (that option's type checks
+    it), after a warning on stderr. It is processed before that option whenever it is given (click
+    handles the options given on the command line first), so the value is in place in time.
+    """
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, hidden=True, expose_value=False, **kwargs)
+        self.new = new
+
+    def handle_parse_result(self, ctx: click.Context, opts: Any, args: list[str]) -> tuple[Any, list[str]]:
+        if self.name in opts:
+            old = self.opts[0]
+            target = next((p for p in ctx.command.params if self.new in getattr(p, "opts", ())), None)
+            if target is None or target.name is None:
+                raise RuntimeError(f"deprecated alias {old}: the command has no option {self.new}")
+            if target.name in opts:
+                raise click.UsageError(f"{old} is the deprecated spelling of {self.new}; give only {self.new}", ctx)
+            click.echo(f"warning: {old} is deprecated; use {self.new}", err=True)
+            opts[target.name] = opts[self.name]
+        return super().handle_parse_result(ctx, opts, args)
+
+
+def deprecated_alias(old: str, new: str) -> Decorator:
+    """Keep ``old`` (e.g. ``--batch``) working as a hidden, deprecated spelling of the option ``new``.
+
+    ``@deprecated_alias("--batch", "--batch-size")`` next to the ``--batch-size`` option: ``--batch 4``
+    prints ``warning: --batch is deprecated; use --batch-size`` and sets ``--batch-size`` to 4.
+    For options that take a value (not flags).
+    """
+    return click.option(old, f"deprecated_{old.lstrip('-').replace('-', '_')}", cls=DeprecatedAlias, new=new)
 
 
 class GroupedCommand(click.Command):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from promptcam.core.cli import run_cli
+from promptcam.core.cli import deprecated_alias, run_cli, verbose_option
 
 
 @click.command()
@@ -17,7 +17,8 @@ from promptcam.core.cli import run_cli
               help="Output model directory (default: <ckpt stem>_export next to the checkpoint).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--opset", type=int, default=17, show_default=True)
-@click.option("--batch", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@click.option("--batch-size", default="dynamic", show_default=True, help="'dynamic' or a fixed batch size.")
+@deprecated_alias("--batch", "--batch-size")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Compare against eager PyTorch (fails on fp32 mismatch).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
@@ -39,21 +40,22 @@ from promptcam.core.cli import run_cli
               help="int8: seconds after which the search starts no new trial.")
 @click.option("--force", is_flag=True,
               help="int8: write the model even if it misses the gates (recorded in the manifest, warned at load).")
-@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
-              help="Also build a TensorRT engine (needs a GPU and the 'trt' extra).")
+@click.option("--target", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="What to build: ONNX only, or also a TensorRT engine (trt: needs a GPU and the 'trt' extra).")
+@deprecated_alias("--engine", "--target")
 @click.option("--attention", type=click.Choice(["auto", "fused", "onnx"]), default="auto", show_default=True,
               help="fused: ONNX Runtime's MultiHeadAttention op (fast on CUDA, ORT only); onnx: standard ops "
-                   "(TensorRT, int8, other runtimes); auto: fused for fp16 without --engine trt, else onnx.")
+                   "(TensorRT, int8, other runtimes); auto: fused for fp16 without --target trt, else onnx.")
 @click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
 @click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
               help="Also write a Triton Inference Server model repository here.")
 @click.option("--triton-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="Triton instance group kind for the ONNX model.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
-def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch: str,
+@verbose_option
+def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, opset: int, batch_size: str,
          validate: bool, calib: Path | None, int8_mode: str | None, gate_top1: float, gate_attention_mean: float,
-         gate_attention_min: float, int8_search: bool, int8_images: int, int8_budget: float, force: bool, engine: str,
+         gate_attention_min: float, int8_search: bool, int8_images: int, int8_budget: float, force: bool, target: str,
          attention: str, trt_batch: str, triton_repo: Path | None, triton_kind: str, timing_cache: Path | None,
          verbose: bool) -> None:
     """Export a Prompt-CAM checkpoint to ONNX (logits + attention) for promptcam-run."""
@@ -65,14 +67,14 @@ def main(ckpt: Path, classes: Path | None, out: Path | None, precision: str, ops
         from .passes import ExportOptions, export_model
         from .tensorrt import BatchProfile
 
-        if batch != "dynamic" and not batch.isdigit():
-            raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+        if batch_size != "dynamic" and not batch_size.isdigit():
+            raise ExportError(f"--batch-size must be 'dynamic' or a positive integer, got {batch_size!r}")
         options = ExportOptions(
             ckpt=ckpt, out=out or ckpt.parent / f"{ckpt.stem}_export", classes=classes, precision=precision,
-            opset=opset, batch=None if batch == "dynamic" else int(batch), validate=validate, calib=calib,
+            opset=opset, batch=None if batch_size == "dynamic" else int(batch_size), validate=validate, calib=calib,
             int8_mode=int8_mode, int8_gates=Int8Gates(gate_top1, gate_attention_mean, gate_attention_min),
             int8_search=int8_search, int8_synthetic_images=int8_images, int8_budget_s=int8_budget, force=force,
-            engine="trt" if engine == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
+            engine="trt" if target == "trt" else None, trt_batch=BatchProfile.parse(trt_batch),
             attention=None if attention == "auto" else attention,
             timing_cache=timing_cache, triton_repo=triton_repo, triton_kind=f"KIND_{triton_kind.upper()}",
         )

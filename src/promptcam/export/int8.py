@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from promptcam.core.errors import ExportError
+from promptcam.core.iospec import PIXELS
 
 CALIBRATION_METHODS = ("minmax", "percentile")
 PERCENTILE = 99.99
@@ -131,7 +132,7 @@ def calibrate(model: onnx.ModelProto, targets: list[MatMulTarget], batches: list
     clipped: dict[str, list[float]] = {n: [] for n in names}
     channels: dict[str, np.ndarray] = {}
     for pixels in batches:
-        for name, value in zip(names, session.run(names, {"pixels": pixels}), strict=True):
+        for name, value in zip(names, session.run(names, {PIXELS: pixels}), strict=True):
             lows[name] = min(lows[name], float(value.min()))
             highs[name] = max(highs[name], float(value.max()))
             # percentile of |x| per batch, averaged: outliers of a single image do not set the scale

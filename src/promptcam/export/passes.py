@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from promptcam.core.atomic import atomic_write_with
+from promptcam.core.atomic import atomic_write_with, file_sha256
 from promptcam.core.errors import BackendUnavailableError, ExportError, ImageError, ValidationError
 from promptcam.core.iospec import BATCH_DIM, model_io, shape_mismatches, trait_head_io
 from promptcam.core.manifest import METADATA_KEY, Manifest
-from promptcam.models.checkpoint import file_sha256, load_model, read_class_names
+from promptcam.models.checkpoint import load_model, read_class_names
 from promptcam.models.promptcam import PromptCAM
 from promptcam.runtime.backends.base import Backend
 from promptcam.runtime.backends.onnxruntime import OrtBackend

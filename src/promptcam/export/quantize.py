@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from promptcam.core.iospec import ATTENTION, LOGITS, PIXELS
+
 from .gates import Int8Gates
 from .int8 import ActivationRanges, Int8Plan, MatMulTarget, apply_plan, calibrate, find_targets, smooth_model
 from .validate import compare
@@ -91,7 +93,7 @@ def _run(model: onnx.ModelProto, batches: list[np.ndarray], threads: int | None)
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    logits, attention = zip(*(session.run(["logits", "attention"], {"pixels": b}) for b in batches), strict=True)
+    logits, attention = zip(*(session.run([LOGITS, ATTENTION], {PIXELS: b}) for b in batches), strict=True)
     return np.concatenate(logits), np.concatenate(attention)
 
 
@@ -236,7 +238,7 @@ def layer_errors(fp32: onnx.ModelProto, quantized: onnx.ModelProto, targets: lis
         probe.CopyFrom(model)
         probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
         session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(names, {"pixels": pixels})
+        return session.run(names, {PIXELS: pixels})
 
     errors = []
     for target, got, want in zip(targets, run(quantized), run(fp32), strict=True):

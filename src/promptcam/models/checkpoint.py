@@ -11,7 +11,6 @@ Official format (unchanged from the Prompt-CAM repository)::
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from pathlib import Path
@@ -27,14 +26,6 @@ from .promptcam import PromptCAM
 FORMAT_NAME = "promptcam"
 FORMAT_VERSION = 1
 HEAD_DIM = 64  # ViT convention: heads = D / 64 unless told otherwise
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_class_names(path: str | Path) -> list[str]:

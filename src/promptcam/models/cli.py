@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from promptcam.core.cli import run_cli
+from promptcam.core.cli import run_cli, verbose_option
 
 
 @click.command()
@@ -14,7 +14,7 @@ from promptcam.core.cli import run_cli
 @click.option("--classes", type=click.Path(path_type=Path), help="Text file, one class name per line.")
 @click.option("--num-heads", type=int, default=None, help="Heads of the backbone (default D/64).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output model.pt.")
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@verbose_option
 def convert(official: Path, classes: Path | None, num_heads: int | None, out: Path, verbose: bool) -> None:
     """Convert an official Prompt-CAM checkpoint (OFFICIAL) into the project's model.pt."""
 

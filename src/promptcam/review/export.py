@@ -19,8 +19,8 @@ from pathlib import Path
 
 from promptcam.core.atomic import atomic_open
 from promptcam.core.errors import PromptCamError
-from promptcam.runtime.inputs import fit_name
-from promptcam.runtime.results import csv_text
+from promptcam.results.formats import csv_text
+from promptcam.runtime.records import fit_name
 
 from .query import ReviewStore
 

@@ -1,28 +1,36 @@
 """The review database: an indexed copy of the results, plus the reviewer's corrections.
 
 The results (a ``promptcam-run`` folder's JSONL journal or a ``promptcam-watch`` SQLite database)
-are read once, through the runtime's own record code, into an ``items`` table with one index per
-filter and sort the grid offers, so a page of 100,000 results is one indexed query and nothing is
-held in memory between requests. Corrections live in their own ``corrections`` table, keyed by a
-stable item key (not the row id), so re-indexing newer results keeps every review; the results
-files are never written.
+are read through the runtime's own record code into an ``items`` table with one index per filter
+and sort the grid offers, so a page of 100,000 results is one indexed query and nothing is held in
+memory between requests. Results that change are indexed again: a station database only for its
+new rows (and the rows whose photo was still to be moved), a run folder whole. Corrections live in
+their own ``corrections`` table, keyed by a stable item key (not the row id), so re-indexing newer
+results keeps every review; the results files are never written.
+
+Everything read is outside data: JSON that does not parse (too deep, too large, malformed) or has
+the wrong shape makes that one result a failure that says so, never a crash of the index.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from promptcam.core.errors import PromptCamError
-from promptcam.runtime.results import OUTPUT_NAMES, ImageRecord, Journal, utc_now
-from promptcam.runtime.store import record_from_row
+from promptcam.core.untrusted import UntrustedJSONError, loads_untrusted
+from promptcam.results.formats import OUTPUT_NAMES
+from promptcam.results.journal import Journal
+from promptcam.results.store import record_from_row
+from promptcam.runtime.records import ImageRecord, utc_now
 
 REVIEW_DB_NAME = "review.sqlite"
 NO_CONFIDENCE = -1.0  # failures sort below every real probability and never match a confidence range

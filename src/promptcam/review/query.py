@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from promptcam.runtime.results import utc_now
+from promptcam.runtime.records import utc_now
 
 from .index import connect
 

@@ -28,20 +28,30 @@ def overlay(image_rgb: np.ndarray, attention: np.ndarray, *, alpha: float = 0.5)
     return cv2.addWeighted(colour, alpha, bgr, 1 - alpha, 0)
 
 
-def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    scale = max(0.35, tile.shape[1] / 400)
-    cv2.putText(tile, text, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2, cv2.LINE_AA)
-    cv2.putText(tile, text, (4, int(18 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+def thumbnail(image_rgb: np.ndarray, tile: int) -> np.ndarray:
+    """The image with its longest side ``tile`` pixels (area-averaged when shrinking)."""
+    h, w = image_rgb.shape[:2]
+    scale = tile / max(h, w)
+    return cv2.resize(image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def caption(tile: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """Write text lines at the top of a tile, white on a darkened band (readable on any heatmap)."""
+    scale = max(0.3, tile.shape[1] / 520)
+    step = int(20 * scale) + 4
+    band = tile[: step * len(lines) + step // 2]
+    band[:] = (band * 0.45).astype(np.uint8)
+    for row, text in enumerate(lines):
+        cv2.putText(tile, text, (4, step * (row + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return tile
 
 
 def contact_sheet(image_rgb: np.ndarray, head_maps: np.ndarray, heads: Sequence[int], *, tile: int = 224) -> np.ndarray:
     """One small overlay per trait head, side by side, labelled ``head h``."""
-    h, w = image_rgb.shape[:2]
-    scale = tile / max(h, w)
-    small = cv2.resize(image_rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    tiles = [_label(overlay(small, head_maps[head]), f"head {head}") for head in heads]
-    return np.concatenate(tiles, axis=1)
+    small = thumbnail(image_rgb, tile)
+    return np.concatenate([caption(overlay(small, head_maps[head]), [f"head {head}"]) for head in heads], axis=1)
 
 
 def write_image(path: Path, bgr: np.ndarray, quality: int = 90) -> Path:

@@ -8,6 +8,7 @@ IFD), BMP and WebP (VP8, VP8L, VP8X).
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -17,6 +18,12 @@ from promptcam.core.errors import ImageError
 JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 FORMATS = "JPEG, PNG, TIFF, BMP or WebP"
+# bounds on the JPEG marker walk, so a hostile file costs a bounded amount of work: the frame header
+# (SOFn) must start in the first 16 MiB, after at most 65536 markers (cameras write a few dozen)
+JPEG_SCAN_LIMIT = 16 * 2**20
+JPEG_MAX_MARKERS = 65536
+_MARKER_PREFIX = re.compile(rb"\xff")
+_NOT_FILL = re.compile(rb"[^\xff]")
 
 
 def image_dimensions(data: bytes | memoryview | np.ndarray, name: str = "<bytes>") -> tuple[int, int]:
@@ -31,7 +38,7 @@ def image_dimensions(data: bytes | memoryview | np.ndarray, name: str = "<bytes>
         if head.startswith(b"\x89PNG\r\n\x1a\n"):
             size = _png(data)
         elif head.startswith(b"\xff\xd8"):
-            size = _jpeg(data)
+            size = _jpeg(data, name)
         elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
             size = _tiff(data)
         elif head.startswith(b"BM"):
@@ -53,20 +60,39 @@ def _png(data: bytes | memoryview) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-def _jpeg(data: bytes | memoryview) -> tuple[int, int] | None:
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
+def _jpeg(data: bytes | memoryview, name: str) -> tuple[int, int] | None:
+    """The SOFn size, walking the markers before it as libjpeg does (garbage and fill bytes skipped).
+
+    Linear and bounded: the skips are C searches from an offset (nothing is copied), the frame header
+    must start in the first ``JPEG_SCAN_LIMIT`` bytes, and at most ``JPEG_MAX_MARKERS`` markers are read
+    before it (real files have a few dozen).
+    """
+    end = len(data)
+    limit = min(end, JPEG_SCAN_LIMIT)
+    pos = 2
+    for _ in range(JPEG_MAX_MARKERS):
+        if pos + 4 > end:
+            return None
+        if pos >= limit:
+            raise _too_far(name, f"the first {JPEG_SCAN_LIMIT // 2**20} MiB")
         if data[pos] != 0xFF:
             # garbage between segments: decoders skip to the next marker, so do we
-            nxt = bytes(data[pos:]).find(b"\xff")
-            if nxt < 0:
+            found = _MARKER_PREFIX.search(data, pos, limit)
+            if found is None:
+                if limit < end:
+                    raise _too_far(name, f"the first {JPEG_SCAN_LIMIT // 2**20} MiB")
                 return None
-            pos += nxt
+            pos = found.start()
+            continue
+        if data[pos + 1] == 0xFF:  # fill bytes: the marker is the first byte after the run
+            found = _NOT_FILL.search(data, pos + 1, limit)
+            if found is None:
+                if limit < end:
+                    raise _too_far(name, f"the first {JPEG_SCAN_LIMIT // 2**20} MiB")
+                return None
+            pos = found.start() - 1
             continue
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
         if marker in JPEG_STANDALONE or marker == 0x00:
             pos += 2
             continue
@@ -77,7 +103,11 @@ def _jpeg(data: bytes | memoryview) -> tuple[int, int] | None:
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
             return width, height
         pos += 2 + length
-    return None
+    raise _too_far(name, f"the first {JPEG_MAX_MARKERS} markers")
+
+
+def _too_far(name: str, within: str) -> ImageError:
+    return ImageError(f"{name}: not a decodable image (no JPEG frame header within {within})")
 
 
 def _tiff(data: bytes | memoryview) -> tuple[int, int] | None:

@@ -75,16 +75,28 @@ def read_file_bytes(path: str | Path) -> np.ndarray:
 
     Opened without blocking, so a FIFO or a device named ``*.jpg`` is refused instead of hanging the run.
     """
+    return read_regular_file(path)[0]
+
+
+def read_regular_file(path: str | Path, *, follow_links: bool = True,
+                      allow_empty: bool = False) -> tuple[np.ndarray, os.stat_result]:
+    """``read_file_bytes`` and the file's stat; ``follow_links=False`` refuses a symbolic link, ``allow_empty``
+    returns an empty file's no bytes (a station's inbox: an upload that has not started yet).
+
+    Raises:
+        ImageError: not a regular file, empty, above ``MAX_FILE_BYTES``, or unreadable.
+    """
     path = Path(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ImageError(f"{path}: not a regular file")
-        if st.st_size == 0:
+        if st.st_size == 0 and not allow_empty:
             raise ImageError(f"{path}: zero-byte file")
         if st.st_size > MAX_FILE_BYTES:
             raise ImageError(f"{path}: file is {st.st_size / 2**20:.0f} MiB, above the "
@@ -95,9 +107,9 @@ def read_file_bytes(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     finally:
         os.close(fd)
-    if data.size == 0:
+    if data.size == 0 and not allow_empty:
         raise ImageError(f"{path}: zero-byte file")
-    return data
+    return data, st
 
 
 def check_dimensions(data: bytes | np.ndarray, name: str = "<bytes>") -> tuple[int, int]:
@@ -118,19 +130,6 @@ def is_jpeg(data: bytes | np.ndarray) -> bool:
     return bytes(data[:2]) == b"\xff\xd8"
 
 
-def frame_reduction(width: int, height: int, model_size: int, *, min_long_side: int = 0) -> int:
-    """The largest JPEG DCT reduction (1, 2, 4, 8) for a whole frame resized to the model's square input.
-
-    Both sides must stay at or above ``model_size`` (each axis is resized to it), and the long side at or
-    above ``min_long_side`` (the heatmap preview), or the full size when the photo is smaller.
-    """
-    long_side = max(width, height)
-    for reduction in (8, 4, 2):
-        if min(width, height) / reduction >= model_size and long_side / reduction >= min(min_long_side, long_side):
-            return reduction
-    return 1
-
-
 def reduced_size(width: int, height: int, reduction: int) -> tuple[int, int]:
     """(width, height) of a JPEG decoded at 1/``reduction`` (libjpeg rounds up)."""
     return -(-width // reduction), -(-height // reduction)
@@ -148,7 +147,8 @@ def full_size_of(header_size: tuple[int, int], decoded: np.ndarray, reduction: i
     return width, height  # EXIF orientation 5-8 turned it
 
 
-def decode_image(data: bytes | np.ndarray, name: str = "<bytes>", *, reduction: int = 1) -> np.ndarray:
+def decode_image(data: bytes | np.ndarray, name: str = "<bytes>", *, reduction: int = 1,
+                 header: tuple[int, int] | None = None) -> np.ndarray:
     """Decode encoded image bytes to RGB uint8 [H, W, 3], EXIF orientation applied.
 
     The header's size is checked first, so a decompression bomb is refused without being decoded.
@@ -156,12 +156,13 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>", *, reduction: 
     (libjpeg scaling); other formats are always decoded at full size. JPEGs decode with simplejpeg
     when it is installed (``fastjpeg``: the same pixels, twice as fast at full size); whatever it
     refuses, and every other format, decodes with OpenCV (``IMREAD_COLOR`` / ``IMREAD_REDUCED_COLOR_*``,
-    which apply EXIF orientation), so damaged files fail as they always did.
+    which apply EXIF orientation), so damaged files fail as they always did. ``header``: the (width,
+    height) ``check_dimensions`` already read from these bytes (not parsed again).
     """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
     if buf.size == 0:
         raise ImageError(f"{name}: zero-byte file")
-    width, height = check_dimensions(buf, name)
+    width, height = header or check_dimensions(buf, name)
     jpeg = is_jpeg(buf)
     if jpeg and reduction in REDUCED_FLAGS:
         image = fastjpeg.decode_jpeg_rgb(buf, width, height, reduction)

@@ -9,6 +9,7 @@ import click
 from promptcam.core.cli import option_group
 
 from .backends import ENGINES
+from .prediction import DEFAULT_TOP_K
 
 model_options = option_group(
     "Model and engine",
@@ -23,7 +24,7 @@ model_options = option_group(
 
 explain_options = option_group(
     "Classes and explanations",
-    click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True),
+    click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True),
     click.option("--traits", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Rank trait heads and keep K (0: off)."),
     click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Write heatmap overlays here."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -22,54 +21,12 @@ from promptcam.core.iospec import (
     VALUE_MEAN,
 )
 from promptcam.core.manifest import Manifest, read_manifest
-from promptcam.core.traits import HeadRanking
 
 from .backends import Backend, create_backend
 from .backends.checks import check_model_files
 from .images import read_image, resize_for_model
+from .prediction import DEFAULT_TOP_K, ClassScore, Prediction, ranked_classes, softmax
 from .traits import TraitRanker
-
-
-@dataclass
-class ClassScore:
-    index: int
-    name: str
-    probability: float
-
-
-@dataclass
-class Prediction:
-    """Everything the runtime knows about one image.
-
-    Attributes:
-        logits / probabilities: [C].
-        top_k: Best classes, most probable first.
-        attention: class index -> per-head maps [heads, grid, grid] (softmax attention of that
-            class's prompt over the patches).
-        image_size: (height, width) of the original image, to map heatmaps back.
-        traits: class index -> greedy head ranking (when asked for).
-    """
-
-    logits: np.ndarray
-    probabilities: np.ndarray
-    top_k: list[ClassScore]
-    attention: dict[int, np.ndarray]
-    image_size: tuple[int, int]
-    traits: dict[int, HeadRanking] = field(default_factory=dict)
-
-    @property
-    def top1(self) -> ClassScore:
-        return self.top_k[0]
-
-    def attention_mean(self, class_index: int) -> np.ndarray:
-        """Head-mean attention map [grid, grid]."""
-        return self.attention[class_index].mean(axis=0)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Predictor:
@@ -158,7 +115,7 @@ class Predictor:
         self,
         images: Sequence[np.ndarray | str | Path],
         *,
-        top_k: int = 5,
+        top_k: int = DEFAULT_TOP_K,
         classes: Sequence[str | int] | None = None,
         traits: int = 0,
         compare: int = 0,
@@ -191,7 +148,7 @@ class Predictor:
         pixels: np.ndarray,
         image_sizes: Sequence[tuple[int, int]],
         *,
-        top_k: int = 5,
+        top_k: int = DEFAULT_TOP_K,
         classes: Sequence[str | int] | None = None,
         traits: int = 0,
         compare: int = 0,
@@ -211,7 +168,7 @@ class Predictor:
         grid = self.config.grid_size
         results = []
         for i, size in enumerate(image_sizes):
-            order = np.argsort(-probabilities[i], kind="stable")[:top_k]
+            order = ranked_classes(probabilities[i], top_k)
             top = [ClassScore(int(j), self.class_names[j], float(probabilities[i, j])) for j in order]
             if top_only:
                 chosen = [int(out[TOP_CLASS][i])]
@@ -219,7 +176,7 @@ class Predictor:
             else:
                 chosen = wanted or [top[0].index]
                 if compare:  # the runners-up, most probable first, after the asked-for classes
-                    ranked = np.argsort(-probabilities[i], kind="stable")[:compare].tolist()
+                    ranked = ranked_classes(probabilities[i], compare)
                     chosen = list(dict.fromkeys([*chosen, *ranked]))
                 attention = {c: out[ATTENTION][i, c].reshape(-1, grid, grid) for c in chosen}
             prediction = Prediction(out[LOGITS][i], probabilities[i], top, attention, (int(size[0]), int(size[1])))
@@ -230,6 +187,16 @@ class Predictor:
                     prediction.traits[c] = ranker.rank(out[LOGITS][i], context, out[VALUE_MEAN][i], c, k=traits)
             results.append(prediction)
         return results
+
+    def predict_batched(self, pixels: np.ndarray, *, top_k: int = DEFAULT_TOP_K,
+                        classes: Sequence[str | int] | None = None) -> list[Prediction]:
+        """``predict_pixels`` for any number of model-size images [N, S, S, 3] (detector crops), in backend batches."""
+        size = self.config.img_size
+        predictions: list[Prediction] = []
+        for start in range(0, len(pixels), self.batch_size):
+            part = pixels[start:start + self.batch_size]
+            predictions += self.predict_pixels(part, [(size, size)] * len(part), top_k=top_k, classes=classes)
+        return predictions
 
     def compare(self, image: np.ndarray | str | Path, k: int = 3, *,
                 classes: Sequence[str | int] = ()) -> tuple[Prediction, np.ndarray]:

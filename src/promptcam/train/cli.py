@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from promptcam.core.cli import run_cli
+from promptcam.core.cli import run_cli, verbose_option
 from promptcam.models.registry import list_backbones
+from promptcam.runtime.backends import ENGINES
 
 
 @click.command()
@@ -39,7 +40,7 @@ from promptcam.models.registry import list_backbones
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
 @click.option("--no-progress", is_flag=True)
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@verbose_option
 def train(data: Path, out: Path, backbone: str, weights: Path | None, act: str | None, pretrained: bool,
           img_size: int | None, epochs: int, warmup_epochs: int, lr: float, min_lr: float, momentum: float,
           weight_decay: float, batch_size: int, drop_path: float, prompt_dropout: float, val_split: float | None,
@@ -84,9 +85,11 @@ def train(data: Path, out: Path, backbone: str, weights: Path | None, act: str |
 @click.option("--steps", type=int, default=32, show_default=True, help="Faithfulness: perturbation steps per curve.")
 @click.option("--blur-sigma", type=float, default=0.25, show_default=True,
               help="Faithfulness: Gaussian sigma of the blurred baseline, as a fraction of the image side.")
-@click.option("--engine", default="ort-cpu", show_default=True, help="Faithfulness: runtime engine of --model.")
-@click.option("--threads", type=int, default=None, help="Faithfulness: ONNX Runtime intra-op threads.")
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@click.option("--engine", type=click.Choice(ENGINES), default="ort-cpu", show_default=True,
+              help="Faithfulness: runtime engine of --model.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Faithfulness: ONNX Runtime intra-op threads (default: all cores).")
+@verbose_option
 def evaluate(ckpt: Path, data: Path, classes: Path | None, out: Path | None, batch_size: int, workers: int,
              faithfulness: bool, model_dirs: tuple[Path, ...], image_limit: int, steps: int, blur_sigma: float,
              engine: str, threads: int | None, verbose: bool) -> None:
@@ -94,18 +97,30 @@ def evaluate(ckpt: Path, data: Path, classes: Path | None, out: Path | None, bat
 
     def body() -> None:
         if faithfulness:
+            from promptcam.core.errors import ConfigError
+            from promptcam.explain.baselines import faithfulness_table
+            from promptcam.explain.metrics import Protocol
             from promptcam.models.checkpoint import read_class_names
-            from promptcam.runtime.faithfulness import Protocol
 
-            from .faithfulness import evaluate_faithfulness
+            from .data import folder_images
+            from .synthetic import MASKS_NAME, world_images
 
-            report = evaluate_faithfulness(
-                ckpt, data, list(model_dirs), out=out, limit=image_limit, engine=engine, threads=threads,
+            if not model_dirs:
+                raise ConfigError("--faithfulness needs --model DIR (the promptcam-export directory of --ckpt)")
+            # a synthetic world: its val/ images with their trait masks (pointing game, energy in the traits);
+            # else an ImageFolder split, or a root with val/: images spread over the class folders
+            if (data / MASKS_NAME).is_file():
+                images, masks = world_images(data, "val", image_limit)
+            else:
+                images, masks = folder_images(data / "val" if (data / "val").is_dir() else data, image_limit), None
+            report = faithfulness_table(
+                ckpt, list(model_dirs), images, masks=masks, engine=engine, threads=threads,
                 protocol=Protocol(steps=steps, blur_sigma=blur_sigma, batch_size=max(batch_size, 1)),
                 class_names=read_class_names(classes) if classes else None, log=lambda m: click.echo(m, err=True))
             click.echo(report.markdown)
-            click.echo(f"faithfulness in {report.seconds:.1f}s" + (f"; wrote {out / 'faithfulness.md'} and "
-                                                                   f"{out / 'faithfulness.json'}" if out else ""))
+            written = report.write(out) if out is not None else ()
+            click.echo(f"faithfulness in {report.seconds:.1f}s"
+                       + (f"; wrote {written[0]} and {written[1]}" if written else ""))
             return
         import torch
         from torch.utils.data import DataLoader

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ConfigError
+from promptcam.explain.metrics import spread_over_classes
 from promptcam.models.checkpoint import clean_class_name
 from promptcam.models.preprocess import normalize_pixels
 from promptcam.runtime.images import is_image_path, read_image, resize_for_model
@@ -36,6 +37,12 @@ def list_samples(split_dir: Path, folders: list[str]) -> list[tuple[Path, int]]:
     if not samples:
         raise ConfigError(f"{split_dir}: no images found")
     return samples
+
+
+def folder_images(split_dir: str | Path, limit: int = 64) -> list[Path]:
+    """Images of an ImageFolder split, spread evenly over the class folders (``promptcam-eval --faithfulness``)."""
+    split = Path(split_dir)
+    return spread_over_classes([p for p, _ in list_samples(split, [f for f, _ in find_classes(split)])], limit)
 
 
 class ImageFolderData(Dataset):

@@ -17,7 +17,7 @@ import click
 import cv2
 import numpy as np
 
-from promptcam.core.cli import run_cli
+from promptcam.core.cli import run_cli, verbose_option
 from promptcam.core.iospec import ATTENTION, LOGITS
 from promptcam.runtime.heatmap import overlay
 from promptcam.runtime.images import read_image, resize_for_model
@@ -131,8 +131,8 @@ def gallery(predictor: Predictor, world_dir: Path, out: Path, per_class: int = 1
 def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: WorldSpec = WorldSpec(),
              log=print) -> dict:  # noqa: ANN001
     """Run (or reuse) every stage; returns the summary dict also written to ``out/summary.json``."""
+    from promptcam.batch.run import RunOptions, run_files
     from promptcam.export.passes import ExportOptions, export_model
-    from promptcam.runtime.pipeline import RunOptions, run_files
 
     from .loop import TrainOptions, train_promptcam
     from .pretrain import pretrain_backbone
@@ -199,9 +199,10 @@ def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: Wo
 def demo_faithfulness(ckpt: Path, model_dir: Path, world: Path, log, images: int = 64) -> dict:  # noqa: ANN001
     """The paper's Table 1 (insertion/deletion) on held-out world images; Grad-CAM rows need the ``explain`` extra."""
     from promptcam.core.errors import PromptCamError
-    from promptcam.runtime.faithfulness import Protocol
+    from promptcam.explain.baselines import METHODS, faithfulness_table
+    from promptcam.explain.metrics import Protocol
 
-    from .faithfulness import METHODS, faithfulness_table, world_images
+    from .synthetic import world_images
 
     paths, masks = world_images(world, "val", limit=images)
     methods = METHODS
@@ -224,7 +225,7 @@ def demo_faithfulness(ckpt: Path, model_dir: Path, world: Path, log, images: int
               help="Cached world, backbone, training run and export.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed (pretraining and prompts).")
 @click.option("--fresh", is_flag=True, help="Ignore the cache and redo every stage.")
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@verbose_option
 def main(out: Path, cache: Path, seed: int, fresh: bool, verbose: bool) -> None:
     """Train, export and run Prompt-CAM on the offline synthetic trait world; write heatmaps and a summary."""
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptcam.core.errors import ConfigError
+from promptcam.explain.metrics import spread_over_classes
+
 # RGB colours, far apart in hue and away from the muted background palette. Heads and tails use
 # separate palettes: with a shared one, "red head, green tail" and "green head, red tail" would
 # differ only in which shape carries which colour, not in a trait.
@@ -142,6 +145,19 @@ def load_masks(world_dir: str | Path) -> dict[str, np.ndarray]:
 def trait_mask_for(mask: np.ndarray) -> np.ndarray:
     """The distinguishing traits of a creature: head and tail."""
     return (mask & (HEAD_BIT | TAIL_BIT)) > 0
+
+
+def world_images(world_dir: str | Path, split: str = "val", limit: int = 64) -> tuple[list[Path], list[np.ndarray]]:
+    """Held-out world images, spread evenly over the classes, and their trait masks (head | tail).
+
+    The images of ``promptcam-eval --faithfulness`` and of the demo's faithfulness table.
+    """
+    world = Path(world_dir)
+    masks = {k: v for k, v in load_masks(world).items() if k.startswith(f"{split}/")}
+    if not masks:
+        raise ConfigError(f"{world}: no {split}/ images in the world's masks")
+    chosen = spread_over_classes(sorted(masks), limit)
+    return [world / n for n in chosen], [trait_mask_for(masks[n]) for n in chosen]
 
 
 def peak_in_mask(attention_map: np.ndarray, mask: np.ndarray) -> bool:

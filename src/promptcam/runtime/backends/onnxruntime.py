@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from promptcam.core.atomic import file_sha256
 from promptcam.core.errors import BackendUnavailableError
 from promptcam.core.iospec import FULL_OUTPUTS, PIXELS
 from promptcam.runtime.cuda import has_nvidia_driver
@@ -37,14 +38,6 @@ def preload_cuda_libraries() -> None:
             preload()
         except Exception:  # noqa: BLE001 - best effort: the provider check below reports the real problem
             pass
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def trt_cache_dir(model_path: Path, cache_root: Path | None = None) -> Path:

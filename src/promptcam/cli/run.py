@@ -7,8 +7,14 @@ from pathlib import Path
 import click
 
 from promptcam.core.cli import grouped_command, option_group, run_cli, verbose_option
-
-from .options import category_list, det_categories_option, det_threshold_option, explain_options, given, model_options
+from promptcam.runtime.options import (
+    category_list,
+    det_categories_option,
+    det_threshold_option,
+    explain_options,
+    given,
+    model_options,
+)
 
 FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress")
 STREAM_OPTIONS = ("every", "on_motion", "db", "max_frames", "duration", "stall_timeout")
@@ -91,11 +97,10 @@ def main(ctx: click.Context, inputs: tuple[Path, ...], model_dir: Path, engine: 
     """Classify INPUTS (folders, list files, images) or a camera --source; write results and heatmaps."""
 
     def body() -> None:
+        from promptcam.batch.run import RunOptions, run_files
         from promptcam.core.errors import PromptCamError
-
-        from .pipeline import RunOptions, run_files
-        from .predictor import Predictor
-        from .results import DEFAULT_FORMATS
+        from promptcam.results.formats import DEFAULT_FORMATS
+        from promptcam.runtime.predictor import Predictor
 
         check_mode(ctx, inputs, source, use_ray)
         if compare and (heatmaps is None or use_ray or source is not None or detections_file is not None):
@@ -106,11 +111,11 @@ def main(ctx: click.Context, inputs: tuple[Path, ...], model_dir: Path, engine: 
         if decode == "gpu":
             if use_ray or source is not None:
                 raise PromptCamError("--decode gpu classifies files: it cannot be used with --ray or --source yet")
-            from .gpu_decode import check_gpu_decode
+            from promptcam.runtime.gpu_decode import check_gpu_decode
 
             check_gpu_decode(engine)
         if use_ray:
-            from .ray_batch import RayOptions, run_ray
+            from promptcam.batch.ray import RayOptions, run_ray
 
             if heatmaps is not None:
                 raise PromptCamError("--ray runs files only, without --heatmaps")
@@ -129,7 +134,7 @@ def main(ctx: click.Context, inputs: tuple[Path, ...], model_dir: Path, engine: 
         click.echo(f"engine {predictor.engine_description}; model {predictor.config.arch}, "
                    f"{predictor.config.num_classes} classes, {predictor.manifest.precision}", err=True)
         if source is not None:
-            from .stream import StreamOptions, run_stream
+            from promptcam.station.stream import StreamOptions, run_stream
 
             stats = run_stream(predictor, StreamOptions(
                 source=source, db=db or out_dir / "results.sqlite", frames_dir=out_dir / "frames", every=every,
@@ -174,7 +179,7 @@ def _detection_options(path: Path | None, threshold: float, categories: str, roo
     """``DetectionOptions`` of ``--detections`` (None without it)."""
     if path is None:
         return None
-    from .detection_run import DetectionOptions
+    from promptcam.batch.options import DetectionOptions
 
     return DetectionOptions(path=path, threshold=threshold, categories=category_list(categories), root=root)
 

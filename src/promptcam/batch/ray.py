@@ -25,10 +25,14 @@ import numpy as np
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import BackendUnavailableError, PromptCamError
 from promptcam.core.manifest import read_manifest
+from promptcam.results.formats import write_outputs
+from promptcam.runtime.records import ImageRecord
 
+from .chunks import LoadedImage, classify_chunk, load_item
+from .detection_run import build_plan
 from .inputs import InputFile, collect_inputs
-from .pipeline import JOURNAL_NAME, LoadedImage, RunOptions, RunSummary, chunk_files, classify_chunk, load_item
-from .results import ImageRecord, write_outputs
+from .options import RunOptions, RunSummary
+from .run import JOURNAL_NAME, chunk_files
 from .run_state import check_identity, out_dir_lock, run_identity
 
 
@@ -69,14 +73,14 @@ def _decode_chunk(row: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
     return {"chunk": row["chunk"], "files": row["files"],
             "failures": json.dumps([item.failure for item in loaded]),
             "sizes": json.dumps([list(item.size) if item.size else None for item in loaded]),
-            "pixels": pixels.tobytes()}
+            "decoded": pixels.tobytes()}
 
 
 class _PredictorActor:
     """Ray actor: one Predictor per actor, constructed once."""
 
     def __init__(self, model_dir: str, engine: str, threads: int, options: dict[str, Any], batch_size: int) -> None:
-        from .predictor import Predictor
+        from promptcam.runtime.predictor import Predictor
 
         # the run's batch size: a chunk of whole frames is one batch, crops are batched as a local run does
         self.predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
@@ -94,7 +98,7 @@ class _PredictorActor:
                 out.append(json.dumps([r.to_dict() for r in records]))
                 continue
             failures, sizes = json.loads(batch["failures"][i]), json.loads(batch["sizes"][i])
-            pixels = np.frombuffer(batch["pixels"][i], np.uint8).reshape(-1, size, size, 3)
+            pixels = np.frombuffer(batch["decoded"][i], np.uint8).reshape(-1, size, size, 3)
             good = iter(pixels)
             loaded = [LoadedImage(item, failure=failure) if failure is not None else
                       LoadedImage(item, next(good), tuple(sz))
@@ -128,8 +132,6 @@ def run_ray(model_dir: Path, options: RunOptions, ray_options: RayOptions, batch
         if options.detections is not None:
             if options.traits:
                 raise PromptCamError("--traits is not supported with --detections yet")
-            from .detection_run import build_plan
-
             plan = build_plan(options.detections, files, log)
             identity |= plan.identity()
         check_identity(out, identity, resume=False)

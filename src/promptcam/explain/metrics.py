@@ -2,7 +2,8 @@
 
 Torch-free (numpy + OpenCV): the thousands of perturbed images go, batched, through any *scorer*,
 a function ``uint8 [N, S, S, 3] -> class probabilities [N, C]`` (the exported model on ONNX
-Runtime: ``predictor_scorer``; a hand-made function in the tests).
+Runtime: ``predictor_scorer``; a hand-made function in the tests). The baselines it is compared
+with (Grad-CAM, rollout ..., on PyTorch) are in ``promptcam.explain.baselines``.
 
 Protocol (Petsiuk et al., RISE, BMVC 2018), on the image at the model's input size S x S:
 
@@ -33,7 +34,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -41,6 +43,7 @@ import numpy as np
 from promptcam.core.errors import ConfigError
 
 Scorer = Callable[[np.ndarray], np.ndarray]
+T = TypeVar("T", str, Path)
 METRICS = ("insertion", "deletion", "pointing_game", "energy_in_mask")
 METRIC_HEADINGS = {"insertion": "insertion ↑", "deletion": "deletion ↓", "pointing_game": "pointing game ↑",
                    "energy_in_mask": "energy in traits ↑"}
@@ -169,6 +172,17 @@ def energy_in_mask(saliency: np.ndarray, mask: np.ndarray) -> float:
     return float(full[mask.astype(bool)].sum() / full.sum())
 
 
+def spread_over_classes(paths: Sequence[T], limit: int) -> list[T]:
+    """The first ``limit`` of ``paths`` taken round robin over their parent folders (the classes), in order."""
+    groups: dict[str, list[T]] = {}
+    for path in paths:
+        groups.setdefault(Path(path).parent.name, []).append(path)
+    chosen: list[T] = []
+    for i in range(max((len(g) for g in groups.values()), default=0)):
+        chosen += [g[i] for g in groups.values() if i < len(g)]
+    return chosen[:limit]
+
+
 def random_map(grid: int, rng: np.random.Generator) -> np.ndarray:
     """The random baseline: uniform noise on the patch grid (upsampled like every other map)."""
     return rng.random((grid, grid)).astype(np.float32)
@@ -233,8 +247,7 @@ def predictor_scorer(predictor: Any) -> Scorer:
         predictor: A ``promptcam.runtime.Predictor``.
     """
     from promptcam.core.iospec import LOGITS
-
-    from .predictor import softmax
+    from promptcam.runtime.prediction import softmax
 
     limit = predictor.backend.max_batch
 

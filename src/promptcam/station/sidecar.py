@@ -21,7 +21,6 @@ Both are checked by the batch-file checks of ``detections`` (categories, ``conf`
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 from dataclasses import dataclass
@@ -30,9 +29,15 @@ from typing import Any
 
 from promptcam.core.atomic import atomic_write_bytes, fsync_dir
 from promptcam.core.errors import PromptCamError
-
-from .archive import free_name, makedirs_durable
-from .detections import MEGADETECTOR_CATEGORIES, DetectorFile, check_batch, check_entry, normalise_name
+from promptcam.core.untrusted import UntrustedJSONError, loads_untrusted
+from promptcam.results.megadetector import (
+    MEGADETECTOR_CATEGORIES,
+    DetectorFile,
+    check_batch,
+    check_entry,
+    normalise_name,
+)
+from promptcam.station.archive import free_name, makedirs_durable
 
 DETECTION_MODES = ("sidecar",)  # room for a detector file that grows ("growing"), not built yet
 SIDECAR_SUFFIX = ".json"
@@ -90,9 +95,11 @@ def parse_sidecar(path: Path, data: bytes, image_name: str) -> Sidecar:
     except UnicodeDecodeError as exc:
         raise PromptCamError(f"{path}: detection sidecar is not UTF-8 JSON ({exc})") from exc
     try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise SidecarIncomplete(f"{path}: detection sidecar is not complete JSON ({exc})") from exc
+        obj = loads_untrusted(text, f"{path}: detection sidecar")
+    except UntrustedJSONError as exc:
+        if exc.malformed:
+            raise SidecarIncomplete(f"{path}: detection sidecar is not complete JSON ({exc})") from exc
+        raise PromptCamError(str(exc)) from exc
     if isinstance(obj, dict) and "images" in obj:
         categories, info = check_batch(path, obj)
         if len(obj["images"]) != 1:

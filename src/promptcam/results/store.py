@@ -19,11 +19,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .results import ImageRecord
+from promptcam.runtime.records import ImageRecord, db_text, utc_now
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -82,13 +81,6 @@ ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT", "detections": "TEXT"}
 MOVE_TABLES = ("results", "duplicates")
 
 
-def db_text(text: str | None) -> str | None:
-    """``text`` as valid UTF-8 for SQLite: undecodable name bytes (surrogate escapes) become ``\\xNN``."""
-    if text is None:
-        return None
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def name_to_db(name: str) -> tuple[str, bytes | None]:
     """(readable spelling, exact bytes or None) of a file name as ``os`` returned it."""
     text = db_text(name)
@@ -98,10 +90,6 @@ def name_to_db(name: str) -> tuple[str, bytes | None]:
 def name_from_db(text: str, raw: bytes | None) -> str:
     """The file name as ``os`` spells it, from the two columns ``name_to_db`` wrote."""
     return os.fsdecode(raw) if raw is not None else text
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_from_row(row: dict[str, Any]) -> ImageRecord:

@@ -14,11 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from promptcam.core.errors import PromptCamError
-
-from .images import iter_image_files
-
-NAME_MAX = 255  # bytes in one file name (ext4, XFS, exFAT, tmpfs)
-HEATMAP_SUFFIX, TRAITS_SUFFIX = ".heatmap.jpg", ".traits.jpg"
+from promptcam.runtime.images import iter_image_files
+from promptcam.runtime.records import HeatmapFiles, heatmap_paths
 
 
 @dataclass(frozen=True)
@@ -108,54 +105,15 @@ def collect_inputs(inputs: Sequence[Path]) -> tuple[list[InputFile], list[Path]]
     return files, skipped
 
 
-def safe_components(name: str) -> list[str]:
-    """Path components of a reported name that stay inside a folder: no root, no ``.``, ``..`` kept
-    visible but harmless (``__``), so ``../x.jpg`` and ``x.jpg`` stay distinct."""
-    parts = []
-    for part in name.replace("\\", "/").split("/"):
-        if part in ("", "."):
-            continue
-        parts.append("__" if part == ".." else part)
-    return parts or ["_"]
-
-
-def fit_name(stem: str, suffix: str, limit: int = NAME_MAX) -> str:
-    """``stem + suffix`` if it fits in ``limit`` bytes, else the stem cut short plus ``~`` and a hash of it."""
-    full = stem + suffix
-    if len(os.fsencode(full)) <= limit:
-        return full
-    digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:12]
-    tail = f"~{digest}{suffix}"
-    budget = limit - len(os.fsencode(tail))
-    cut = stem
-    while len(os.fsencode(cut)) > budget:
-        cut = cut[:-1]
-    return cut + tail
-
-
-def heatmap_paths(heatmap_dir: Path, file: str) -> tuple[Path, Path]:
-    """Heatmap and trait contact-sheet paths of a reported name, always inside ``heatmap_dir``.
-
-    The image's own extension is kept (``cam.jpg.heatmap.jpg``), so ``cam.jpg`` and ``cam.png``
-    never share a heatmap, and names near the 255-byte limit are shortened with a hash.
-    """
-    *folders, base = safe_components(file)
-    folder = heatmap_dir.joinpath(*(fit_name(f, "") for f in folders))
-    return folder / fit_name(base, HEATMAP_SUFFIX), folder / fit_name(base, TRAITS_SUFFIX)
-
-
-def assign_heatmap_paths(files: Sequence[InputFile], heatmap_dir: Path) -> dict[str, tuple[Path, Path]]:
-    """Heatmap paths for every image of a run, distinct even where the file system folds case
+def assign_heatmap_paths(files: Sequence[InputFile], heatmap_dir: Path) -> dict[str, HeatmapFiles]:
+    """Heatmap files for every image of a run, distinct even where the file system folds case
     (exFAT SD cards) or two names sanitise alike: a later one gets a hash of its canonical path."""
     taken: set[str] = set()
-    paths: dict[str, tuple[Path, Path]] = {}
+    paths: dict[str, HeatmapFiles] = {}
     for f in files:
-        heat, sheet = heatmap_paths(heatmap_dir, f.name)
-        if str(heat).casefold() in taken:
-            digest = hashlib.sha256(os.fsencode(f.key)).hexdigest()[:12]
-            base = heat.name[: -len(HEATMAP_SUFFIX)]
-            heat = heat.with_name(fit_name(f"{base}~{digest}", HEATMAP_SUFFIX))
-            sheet = sheet.with_name(fit_name(f"{base}~{digest}", TRAITS_SUFFIX))
-        taken.add(str(heat).casefold())
-        paths[f.name] = (heat, sheet)
+        files_of = heatmap_paths(heatmap_dir, f.name)
+        if str(files_of.heatmap).casefold() in taken:
+            files_of = heatmap_paths(heatmap_dir, f.name, tag=hashlib.sha256(os.fsencode(f.key)).hexdigest()[:12])
+        taken.add(str(files_of.heatmap).casefold())
+        paths[f.name] = files_of
     return paths

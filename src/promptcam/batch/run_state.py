@@ -8,28 +8,18 @@ The lock makes a second ``promptcam-run`` on the same ``--out`` refuse instead o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from promptcam.core.atomic import atomic_write_text
+from promptcam.batch.inputs import canonical_path
+from promptcam.core.atomic import atomic_write_text, file_sha256
 from promptcam.core.errors import PromptCamError
 from promptcam.core.manifest import Manifest
 
-from .inputs import canonical_path
-
 RUN_NAME, LOCK_NAME = "run.json", ".promptcam-run.lock"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_identity(manifest: Manifest, model_dir: Path, *, inputs: Sequence[Path], top_k: int,

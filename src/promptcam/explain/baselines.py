@@ -2,7 +2,9 @@
 
 The maps of the baselines come from the PyTorch model of the checkpoint; Prompt-CAM's from the
 exported model exactly as ``promptcam-run`` draws it; every perturbed image is scored by the
-exported model on ONNX Runtime, batched (``promptcam.runtime.faithfulness`` holds the protocol).
+exported model on ONNX Runtime, batched (``promptcam.explain.metrics`` holds the protocol). Which
+images: the caller's (``promptcam-eval --faithfulness`` picks them with ``promptcam.train.synthetic.
+world_images`` or ``promptcam.train.data.folder_images``).
 
 Baselines, on ``PromptCAM`` (sequence in every block: C prompts, then cls, then the patches):
 
@@ -38,10 +40,7 @@ from torch import nn
 
 from promptcam.core.errors import ConfigError
 from promptcam.core.optional import optional_import
-from promptcam.models.checkpoint import load_model
-from promptcam.models.preprocess import normalize_pixels
-from promptcam.models.promptcam import PromptCAM
-from promptcam.runtime.faithfulness import (
+from promptcam.explain.metrics import (
     FaithfulnessTable,
     Protocol,
     curves_for_image,
@@ -49,6 +48,9 @@ from promptcam.runtime.faithfulness import (
     prompt_cam_maps,
     random_map,
 )
+from promptcam.models.checkpoint import load_model
+from promptcam.models.preprocess import normalize_pixels
+from promptcam.models.promptcam import PromptCAM
 from promptcam.runtime.images import read_image, resize_for_model
 
 METHODS = ("Prompt-CAM", "Grad-CAM", "Layer-CAM", "Eigen-CAM", "attention rollout", "attention rollout (cls)",
@@ -160,37 +162,15 @@ class FaithfulnessReport:
     json: dict[str, Any]
     seconds: float
 
+    def write(self, out: Path) -> tuple[Path, Path]:
+        """Write ``faithfulness.md`` and ``faithfulness.json`` into ``out`` (atomically); returns their paths."""
+        from promptcam.core.atomic import atomic_write_text
 
-def world_images(world_dir: str | Path, split: str = "val", limit: int = 64) -> tuple[list[Path], list[np.ndarray]]:
-    """Held-out synthetic-world images, spread evenly over the classes, and their trait masks (head | tail)."""
-    from .synthetic import load_masks, trait_mask_for
-
-    world = Path(world_dir)
-    masks = {k: v for k, v in load_masks(world).items() if k.startswith(f"{split}/")}
-    if not masks:
-        raise ConfigError(f"{world}: no {split}/ images in the world's masks")
-    chosen = _round_robin(sorted(masks), lambda name: Path(name).parent.name, limit)
-    return [world / n for n in chosen], [trait_mask_for(masks[n]) for n in chosen]
-
-
-def folder_images(split_dir: str | Path, limit: int = 64) -> list[Path]:
-    """Images of an ImageFolder split, spread evenly over the class folders (round robin)."""
-    from .data import find_classes, list_samples
-
-    split = Path(split_dir)
-    samples = list_samples(split, [f for f, _ in find_classes(split)])
-    return _round_robin([str(p) for p, _ in samples], lambda name: Path(name).parent.name, limit, as_path=True)
-
-
-def _round_robin(names: list[str], group: Callable[[str], str], limit: int, *, as_path: bool = False) -> list:
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(group(name), []).append(name)
-    chosen: list[str] = []
-    for i in range(max(len(g) for g in groups.values())):
-        chosen += [g[i] for g in groups.values() if i < len(g)]
-    chosen = chosen[:limit]
-    return [Path(n) for n in chosen] if as_path else chosen
+        out.mkdir(parents=True, exist_ok=True)
+        paths = out / "faithfulness.md", out / "faithfulness.json"
+        atomic_write_text(paths[0], self.markdown)
+        atomic_write_text(paths[1], json.dumps(self.json, indent=1))
+        return paths
 
 
 def faithfulness_table(
@@ -214,7 +194,7 @@ def faithfulness_table(
             one table each; every perturbed image is scored by that model.
         images: Image files (any size; resized to the model input as the runtime does).
         masks: Optional ground-truth masks, one per image (any size; None for an image without).
-        protocol: Steps, blur, batch size, seed (``promptcam.runtime.faithfulness``).
+        protocol: Steps, blur, batch size, seed (``promptcam.explain.metrics``).
         engine: Runtime engine for the exported models.
         threads: ONNX Runtime intra-op threads.
         methods: Which of ``METHODS`` to include.
@@ -279,30 +259,3 @@ def _table_for_model(predictor: Any, explainer: TorchExplainer, images: Sequence
         if (i + 1) % report_every == 0:
             log(f"faithfulness: {i + 1}/{len(pixels)} images")
     return table
-
-
-def evaluate_faithfulness(ckpt: Path, data: Path, model_dirs: Sequence[Path], *, out: Path | None, limit: int,
-                          protocol: Protocol, engine: str, threads: int | None, class_names: list[str] | None,
-                          log: Callable[[str], None] = print) -> FaithfulnessReport:
-    """``promptcam-eval --faithfulness``: pick the images, make the tables, write faithfulness.{md,json}.
-
-    ``data``: a synthetic world (``masks.npz``: its val/ images, with pointing game and energy in the
-    trait masks) or an ImageFolder split / a root with val/ (images spread over the class folders).
-    """
-    from promptcam.core.atomic import atomic_write_text
-    from promptcam.train.synthetic import MASKS_NAME
-
-    if not model_dirs:
-        raise ConfigError("--faithfulness needs --model DIR (the promptcam-export directory of --ckpt)")
-    if (data / MASKS_NAME).is_file():
-        images, masks = world_images(data, "val", limit)
-    else:
-        split = data / "val" if (data / "val").is_dir() else data
-        images, masks = folder_images(split, limit), None
-    report = faithfulness_table(ckpt, model_dirs, images, masks=masks, protocol=protocol, engine=engine,
-                                threads=threads, class_names=class_names, log=log)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "faithfulness.md", report.markdown)
-        atomic_write_text(out / "faithfulness.json", json.dumps(report.json, indent=1))
-    return report

@@ -4,16 +4,19 @@ Real camera-trap photos are 8-20 MP; a benchmark on 224 px images hides the deco
 same frames twice through ``run_files`` in one process, once as 4000x3000 JPEGs (quality 88) and
 once pre-shrunk to the model's size, and reports the ratio of their throughputs (1.0: decoding
 large photos costs nothing extra). The 12 MP folder is also run with full decoding
-(``reduce_decode=False``) to show what the JPEG DCT reduction gains. Start-up (model load, the
-first inference) is outside the timings.
+(``reduce_decode=False``) to show what the JPEG DCT reduction gains, and through the field station
+(``InboxWatcher``, ``--once`` over an inbox of the same 12 MP files) to show that a station classifies
+as fast as ``promptcam run`` (``watch_over_run``). Start-up (model load, the first inference) is
+outside the timings.
 
 ``promptcam-bench`` reports it as the "real-size" row (``--real-size-frames``); by hand, 2 threads::
 
-    python -c "from promptcam.runtime.realsize import real_size_row; print(real_size_row('MODEL_DIR', threads=2))"
+    python -c "from promptcam.benchmarks.realsize import real_size_row; print(real_size_row('MODEL_DIR', threads=2))"
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,9 +26,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .fastjpeg import available as simplejpeg_available
-from .pipeline import RunOptions, run_files
-from .predictor import Predictor
+from promptcam.batch.run import RunOptions, run_files
+from promptcam.runtime.fastjpeg import available as simplejpeg_available
+from promptcam.runtime.predictor import Predictor
+from promptcam.station.inbox import InboxWatcher
+from promptcam.station.options import WatchOptions
 
 REAL_SIZE = (4000, 3000)
 REAL_QUALITY = 88
@@ -87,11 +92,29 @@ def measure_real_size(predictor: Predictor, *, frames: int = 32, workers: int = 
                 cpu_ms[name].append((time.process_time() - cpu) * 1000 / frames)
             return summary.images_per_second
 
+        def watch_rate(attempt: int) -> float:
+            inbox = root / f"inbox{attempt}"
+            inbox.mkdir()
+            for photo in large.iterdir():  # the same files, linked: nothing copied inside the timing
+                os.link(photo, inbox / photo.name)
+            watcher = InboxWatcher(predictor, WatchOptions(inbox=inbox, db=root / f"watch{attempt}.sqlite", settle=0.0,
+                                                           poll=0.01, use_events=False, once=True, workers=workers),
+                                   log=lambda _: None)
+            cpu, started = time.process_time(), time.perf_counter()
+            watcher.run()
+            seconds = time.perf_counter() - started
+            cpu_ms["watch"].append((time.process_time() - cpu) * 1000 / frames)
+            if watcher.processed != frames:
+                raise RuntimeError(f"the watcher classified {watcher.processed} of {frames} frames")
+            return frames / seconds
+
+        cpu_ms["watch"] = []
         rate(small, "warmup")  # first inferences, thread pools, page cache
-        rates: dict[str, list[float]] = {"small": [], "large": [], "large_full": []}
-        for _ in range(repeats):
+        rates: dict[str, list[float]] = {"small": [], "large": [], "large_full": [], "watch": []}
+        for attempt in range(repeats):
             rates["small"].append(rate(small, "small"))
             rates["large"].append(rate(large, "large"))
+            rates["watch"].append(watch_rate(attempt))
             rates["large_full"].append(rate(large, "large_full", reduce=False))
         best = {k: max(v) for k, v in rates.items()}
         cpu = {k: min(v) for k, v in cpu_ms.items()}
@@ -101,6 +124,10 @@ def measure_real_size(predictor: Predictor, *, frames: int = 32, workers: int = 
                   "large_full_decode_img_per_s": round(best["large_full"], 2),
                   "ratio": round(best["large"] / best["small"], 3),
                   "ratio_full_decode": round(best["large_full"] / best["small"], 3),
+                  # promptcam watch --once over an inbox of the same 12 MP files, against promptcam run on them
+                  "watch_img_per_s": round(best["watch"], 2),
+                  "watch_over_run": round(best["watch"] / best["large"], 3),
+                  "watch_cpu_ms_per_image": round(cpu["watch"], 1),
                   "jpeg_decoder": "simplejpeg" if simplejpeg_available() else "opencv",
                   # process CPU time per image (all threads): what the 12 MP decode adds, less sensitive to
                   # other load on a shared machine than the throughputs

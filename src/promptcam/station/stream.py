@@ -32,12 +32,13 @@ import numpy as np
 
 from promptcam.core.atomic import atomic_write_bytes
 from promptcam.core.errors import PromptCamError
+from promptcam.results.store import ResultStore
+from promptcam.runtime.model_input import frame_input
+from promptcam.runtime.prediction import DEFAULT_TOP_K
+from promptcam.runtime.predictor import Predictor
+from promptcam.runtime.records import ImageRecord, heatmap_paths, record_prediction
 
 from .archive import free_name
-from .pipeline import fill_row
-from .predictor import Predictor
-from .results import ImageRecord
-from .store import ResultStore
 
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -284,7 +285,7 @@ class StreamOptions:
     frames_dir: Path
     every: str | None = "5s"
     on_motion: bool = False
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     traits: int = 0
     heatmaps: Path | None = None
     max_frames: int | None = None  # stop after this many classified frames
@@ -392,8 +393,11 @@ def _classify_frame(predictor: Predictor, options: StreamOptions, name: str, lab
     path = free_name(folder / f"{base}.jpg", lambda _: False)  # a restart after a clock jump: never overwrite
     atomic_write_bytes(path, data)
     rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-    pixels, size = predictor.prepare(rgb)
-    prediction = predictor.predict_pixels(pixels[None], [size], top_k=options.top_k, traits=options.traits)[0]
+    frame = frame_input(rgb, predictor.config, keep_preview=options.heatmaps is not None)
+    prediction = predictor.predict_pixels(frame.pixels[None], [frame.size], top_k=options.top_k,
+                                          traits=options.traits)[0]
     row = ImageRecord(source=label, file=f"{name}/{path.name}", sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data), taken_at=taken, width=size[1], height=size[0])
-    return fill_row(row, prediction, predictor, rgb, options.heatmaps)
+                      size=len(data), taken_at=taken, width=frame.size[1], height=frame.size[0])
+    heatmaps = heatmap_paths(options.heatmaps, row.file) if options.heatmaps is not None else None
+    return record_prediction(row, prediction, predictor.class_names, preview=frame.preview, heatmaps=heatmaps,
+                             keep_probabilities=True)

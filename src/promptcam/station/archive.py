@@ -25,13 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from promptcam.core.atomic import fsync_dir
-
-from .store import PendingMove, ResultStore, db_text
+from promptcam.results.store import PendingMove, ResultStore
+from promptcam.runtime.records import db_text
 
 FAULT_ENV = "PROMPTCAM_FAULT_AT"  # test hook: ``os._exit(FAULT_EXIT)`` right after the named step
 FAULT_EXIT = 86
 MOVE_STEPS = ("commit", "copy", "verify", "unlink")
-NAME_MAX = 255  # bytes in one file name on ext4, XFS, exFAT, NTFS (as UTF-16 units: less in bytes)
 EARLIEST_YEAR = 1990  # camera-trap dates before this are a reset clock, not a date
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
@@ -61,26 +60,6 @@ def valid_taken_at(exif_value: str | None, mtime: float) -> str:
         if when is not None and EARLIEST_YEAR <= when.year <= datetime.now(timezone.utc).year + 1:
             return exif_value
     return datetime.fromtimestamp(max(0.0, mtime), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def fit_name(name: str, *, reserve: int = 0) -> str:
-    """``name`` as readable UTF-8, shortened with a hash of the full name when it would not fit.
-
-    Args:
-        name: One path component, as ``os`` spells it (undecodable bytes as surrogate escapes).
-        reserve: Bytes kept free for a suffix added later (``_12``, ``.heatmap.jpg``).
-    """
-    text = db_text(name) or "_"
-    encoded = text.encode()
-    if len(encoded) + reserve <= NAME_MAX:
-        return text
-    stem, dot, suffix = text.rpartition(".")
-    if not dot or len(suffix.encode()) > 16:
-        stem, suffix = text, ""
-    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
-    tail = f"-{digest}{'.' + suffix if suffix else ''}"
-    keep = NAME_MAX - reserve - len(tail.encode())
-    return stem.encode()[:max(1, keep)].decode("utf-8", "ignore") + tail
 
 
 def contained(path: Path, root: Path) -> bool:

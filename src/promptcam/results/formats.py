@@ -1,4 +1,4 @@
-"""The one result record and the one writer of result files, for every mode.
+"""The one writer of result files, for every mode.
 
 File runs, ``--ray`` runs, the inbox and streams all produce ``ImageRecord`` s (station fields are
 optional), and every result file comes from ``write_outputs``: MegaDetector batch JSON (1.6), CSV,
@@ -12,112 +12,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from promptcam.core.atomic import atomic_open, atomic_write_text, atomic_write_with
 from promptcam.core.errors import PromptCamError
+from promptcam.runtime.records import ImageRecord, round_probability
 
 MEGADETECTOR_FORMAT_VERSION = "1.6"
 WHOLE_IMAGE_CATEGORY = "1"  # one detection per image: the whole frame, bbox [0, 0, 1, 1]
 OUTPUT_NAMES = {"megadetector": "results.json", "csv": "results.csv", "jsonl": "results.jsonl",
                 "parquet": "results.parquet"}
 DEFAULT_FORMATS = ("megadetector", "csv", "jsonl")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class ImageRecord:
-    """One image's result or failure, from any mode.
-
-    Attributes:
-        file: The name reported in result files (relative to its input root, prefixed with the
-            root's name when a run has several; the frame file of a stream; the inbox-relative path).
-        path: Where the image was read (file runs: the canonical absolute path, the resume key).
-        failure: Why the image has no result (None when classified).
-        top_k: ``[{"index", "name", "probability"}]``, most probable first.
-        explained_class: The class whose attention the heatmap and the trait heads show.
-        trait_heads / trait_order: The ranked trait heads kept, and the full greedy order.
-        heatmap / traits_image: Files drawn for the explained class.
-        probabilities: All class probabilities (inbox and streams keep them in SQLite).
-        source, sha256, size, mtime_ns, taken_at, stored_path, processed_at: Station fields:
-            inbox folder or stream, content hash, size and mtime when read (file runs key
-            ``--resume`` on them too), capture time, where the file was moved, when classified.
-        detections: Runs on a detector's output (``--detections``): every detection the detector
-            file lists for the image (``category``, ``conf``, ``bbox`` ...), the classified ones with
-            ``classifications`` [[class id, probability], ...] added; None in whole-image runs.
-    """
-
-    file: str
-    path: str | None = None
-    failure: str | None = None
-    width: int | None = None
-    height: int | None = None
-    top_k: list[dict[str, Any]] = field(default_factory=list)
-    explained_class: str | None = None
-    trait_heads: list[int] | None = None
-    trait_order: list[int] | None = None
-    heatmap: str | None = None
-    traits_image: str | None = None
-    probabilities: list[float] | None = None
-    source: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-    mtime_ns: int | None = None
-    taken_at: str | None = None
-    stored_path: str | None = None
-    processed_at: str | None = None
-    detections: list[dict[str, Any]] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-    @property
-    def status(self) -> str:
-        return "ok" if self.failure is None else "failed"
-
-    @property
-    def top1(self) -> str | None:
-        return self.top_k[0]["name"] if self.top_k else None
-
-    @property
-    def top1_probability(self) -> float | None:
-        return self.top_k[0]["probability"] if self.top_k else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The set fields (None left out, so file-run journals stay small)."""
-        # vars(), not asdict(): the fields are already JSON values and asdict deep-copies them (slow at GPU rates)
-        return {k: v for k, v in vars(self).items() if v is not None}
-
-    def to_json(self) -> str:
-        # ensure_ascii (the default) keeps non-UTF-8 file names (surrogate escapes) lossless and writable
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
-        """Raises:
-            ValueError: unknown fields or no ``file`` (a damaged or foreign journal line).
-        """
-        unknown = set(data) - FIELD_NAMES
-        if unknown or not isinstance(data.get("file"), str):
-            raise ValueError(f"not a result record (unknown fields {sorted(unknown)})" if unknown
-                             else "not a result record (no file name)")
-        return cls(**data)
-
-
-FIELD_NAMES = frozenset(f.name for f in fields(ImageRecord))
-
-
-def round_probability(p: float) -> float:
-    return round(float(p), 6)
 
 
 def class_names_seen(records: Iterable[ImageRecord]) -> list[str]:
@@ -339,68 +248,3 @@ def write_outputs(records: Sequence[ImageRecord], out_dir: Path, class_names: Se
     out_dir.mkdir(parents=True, exist_ok=True)
     return {fmt: str(write_output(fmt, out_dir / OUTPUT_NAMES[fmt], records, class_names, info,
                                   classifier=classifier, detector=detector)) for fmt in formats}
-
-
-# -- the journal of a file run ------------------------------------------------------------------
-
-
-class Journal:
-    """Append-only JSONL of records, fsynced at checkpoints.
-
-    Reading tolerates what a kill or a power cut leaves: a torn last line, a garbage or
-    zero-filled line anywhere. Bad lines are skipped and counted (their images are redone).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: Any = None
-        self.bad_lines = 0
-
-    def read(self) -> list[ImageRecord]:
-        self.bad_lines = 0
-        if not self.path.is_file():
-            return []
-        records = []
-        with open(self.path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # torn write from a killed run: that chunk is redone
-                if not raw.strip():
-                    continue
-                try:
-                    data = json.loads(raw.decode("utf-8"))
-                    records.append(ImageRecord.from_dict(data))
-                except (ValueError, TypeError, AttributeError):
-                    self.bad_lines += 1  # garbage or zeros from a power cut (or a foreign line)
-        return records
-
-    def open(self, *, truncate: bool) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not truncate and self.path.is_file():
-            self._drop_torn_tail()
-        self._fh = open(self.path, "w" if truncate else "a", encoding="utf-8")
-
-    def _drop_torn_tail(self) -> None:
-        with open(self.path, "r+b") as fh:
-            data = fh.read()
-            if data and not data.endswith(b"\n"):
-                fh.truncate(data.rfind(b"\n") + 1)
-                os.fsync(fh.fileno())
-
-    def append(self, records: Iterable[ImageRecord]) -> None:
-        if self._fh is None:
-            raise PromptCamError(f"{self.path}: journal is not open")
-        # one write per chunk: a kill leaves whole chunks or a torn tail, never a half chunk silently
-        self._fh.write("".join(r.to_json() + "\n" for r in records))
-        self._fh.flush()
-
-    def checkpoint(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self.checkpoint()
-            self._fh.close()
-            self._fh = None

@@ -7,8 +7,13 @@ from pathlib import Path
 import click
 
 from promptcam.core.cli import grouped_command, option_group, run_cli, verbose_option
-
-from .options import category_list, det_categories_option, det_threshold_option, explain_options, model_options
+from promptcam.runtime.options import (
+    category_list,
+    det_categories_option,
+    det_threshold_option,
+    explain_options,
+    model_options,
+)
 
 
 @grouped_command()
@@ -60,16 +65,24 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
     """
 
     def body() -> None:
-        from .inbox import InboxWatcher, WatchOptions, check_detection_options
-        from .predictor import Predictor
+        from promptcam.core.errors import PromptCamError
+        from promptcam.runtime.predictor import Predictor
+        from promptcam.station.inbox import InboxWatcher
+        from promptcam.station.options import SidecarOptions, WatchOptions
+        from promptcam.station.sidecar import DETECTION_MODES
 
+        if detections_mode is not None and detections_mode not in DETECTION_MODES:
+            raise PromptCamError(f"--detections {detections_mode!r} is not a mode of promptcam-watch (known: "
+                                 f"{', '.join(DETECTION_MODES)}: a per-image JSON beside each photo); a detector "
+                                 "file is read by promptcam-run --detections FILE")
+        sidecars = None if detections_mode is None else SidecarOptions(
+            threshold=det_threshold, categories=category_list(det_categories), wait=sidecar_wait)
         options = WatchOptions(
             inbox=inbox, db=db or inbox.resolve().parent / "results.sqlite", top_k=top_k, traits=traits, settle=settle,
             poll=poll, heatmaps=heatmaps, move_processed=move_processed, failed_dir=failed_dir, jsonl=jsonl,
             status_file=status_file, use_events=not no_events, once=once, batch_delay=batch_delay,
-            incomplete_wait=incomplete_wait, detections=detections_mode, det_threshold=det_threshold,
-            det_categories=category_list(det_categories), sidecar_wait=sidecar_wait)
-        check_detection_options(options)  # before the model loads: a wrong mode is one line, at once
+            incomplete_wait=incomplete_wait, detections=sidecars)
+        options.check()  # before the model loads: a wrong setting is one line, at once
         predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
         click.echo(f"engine {predictor.engine_description}", err=True)
         watcher = InboxWatcher(predictor, options, log=lambda m: click.echo(m, err=True))
@@ -93,9 +106,8 @@ def export_results(db: Path, fmt: str, out: Path, model_dir: Path | None, verbos
     def body() -> None:
         from promptcam.core.errors import PromptCamError
         from promptcam.core.manifest import read_manifest
-
-        from .results import class_names_seen, write_output
-        from .store import ResultStore
+        from promptcam.results.formats import class_names_seen, write_output
+        from promptcam.results.store import ResultStore
 
         if not db.is_file():
             raise PromptCamError(f"{db}: results database not found")

@@ -120,7 +120,7 @@ tests_part() {
 
 bench_part() {
     run timeout "${BENCH_TIMEOUT:-420}" promptcam-bench "${common[@]}" --out "$OUT" \
-        --batch "${BATCHES:-1,8,32,64,128,256}" --eager-batch "${EAGER_BATCHES:-1,8,32}" --iters "${ITERS:-30}" \
+        --batch-size "${BATCHES:-1,8,32,64,128,256}" --eager-batch "${EAGER_BATCHES:-1,8,32}" --iters "${ITERS:-30}" \
         --e2e-images "${E2E_IMAGES:-2048}" --real-scale-backends "${REAL_SCALE_BACKENDS:-ort-cuda-fp16}" \
         --backends "${BACKENDS:-eager-official,eager,eager-fp16,eager-compile-fp16,ort-cuda-fp32,ort-cuda-fp16,ort-cuda-fp16-graph,ort-cuda-fp16-device,trt-fp16,plain-vit-cuda}"
 }
@@ -128,7 +128,7 @@ bench_part() {
 profile_part() {
     local batch=${PROFILE_BATCH:-128}
     run timeout "${PROFILE_TIMEOUT:-180}" promptcam-bench "${common[@]}" --out "$OUT/profile_run" \
-        --batch "$batch" --iters 3 --e2e-images 0 --no-real-scale --profile-batch "$batch" \
+        --batch-size "$batch" --iters 3 --e2e-images 0 --no-real-scale --profile-batch "$batch" \
         --backends "${PROFILE_BACKEND:-ort-cuda-fp16}" || return 1
     [ "$DRY_RUN" = "1" ] && return 0
     if [ ! -f "$OUT/profile_run/ort_profile_b$batch.md" ]; then

@@ -28,11 +28,11 @@ def test_dry_run_shows_every_part(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
     bench = next(line for line in lines if "promptcam-bench" in line and "--profile-batch" not in line)
-    assert "--batch 1,8,32,64,128,256 --eager-batch 1,8,32" in bench
+    assert "--batch-size 1,8,32,64,128,256 --eager-batch 1,8,32" in bench
     for backend in ("eager-fp16", "eager-compile-fp16", "ort-cuda-fp16-graph", "ort-cuda-fp16-device", "trt-fp16"):
         assert backend in bench
     profile = next(line for line in lines if "--profile-batch 128" in line)
-    assert "--batch 128" in profile and "--backends ort-cuda-fp16" in profile
+    assert "--batch-size 128" in profile and "--backends ort-cuda-fp16" in profile
     assert any("pytest" in line for line in lines)
     decode = [line for line in lines if "promptcam-run" in line]
     assert [("--decode cpu" in line, "--decode gpu" in line) for line in decode] == [(True, False), (False, True)]

@@ -48,7 +48,9 @@ def test_off_loopback_the_page_needs_its_token(station_db: Path) -> None:
         assert answer.status_code == 403 and "token" in answer.text, path
     assert client.post("/api/review/1", json={"label": "fox"}).status_code == 403
     assert client.get("/", params={"token": "wrong"}).status_code == 403
-    assert client.get("/", cookies={"promptcam_review_token_8787": "wrong"}).status_code == 403
+    client.cookies.set("promptcam_review_token_8787", "wrong")
+    assert client.get("/").status_code == 403
+    client.cookies.clear()
 
     # the token once in the URL: kept in an HttpOnly SameSite=Strict cookie, and taken out of the address
     answer = client.get("/item/1", params={"token": TOKEN, "sort": "file"})
@@ -82,6 +84,7 @@ def test_the_host_check_allows_only_the_bound_address_and_given_names(
     access = Access.for_bind(bound, names=["review.lan"], token=TOKEN)
     client = TestClient(review_app(station_db, access), raise_server_exceptions=False, follow_redirects=False)
     for host in allowed:
+        client.cookies.clear()
         answer = client.get("/", params={"token": TOKEN}, headers={"host": host})
         assert answer.status_code == 303, (bound, host, answer.status_code)
     for host in refused + ["", "[::1", "a b", "host:port", "evil.example:8787@x"]:
@@ -92,7 +95,7 @@ def test_the_host_check_allows_only_the_bound_address_and_given_names(
 def test_corrections_check_their_origin(station_db: Path) -> None:
     client = lan_client(station_db)
     client.get("/", params={"token": TOKEN})
-    for origin in ("http://evil.example", f"http://evil.example:8787", "null", f"http://{LAN}:9999",
+    for origin in ("http://evil.example", "http://evil.example:8787", "null", f"http://{LAN}:9999",
                    f"https://{LAN}:8787", "not a url"):
         answer = client.post("/api/review/1", json={"label": "fox"}, headers={"origin": origin})
         assert answer.status_code == 403 and "origin" in answer.json()["error"], origin
@@ -157,12 +160,13 @@ def live(app, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
 
 
 def first_answer(address: tuple[str, int], head: bytes, body: bytes, timeout: float = 5.0) -> bytes:
-    """Send ``head`` and the start of a body that is never finished; what the server answers meanwhile."""
+    """Send ``head`` and the start of a body that is never finished; the response the server sends
+    meanwhile (headers and body, by its Content-Length), or what came before ``timeout``."""
     with socket.create_connection(address, timeout=timeout) as conn:
         conn.sendall(head + body)
         received = b""
         try:
-            while b"\r\n\r\n" not in received:
+            while not _complete(received):
                 chunk = conn.recv(65536)
                 if not chunk:
                     break
@@ -170,6 +174,12 @@ def first_answer(address: tuple[str, int], head: bytes, body: bytes, timeout: fl
         except TimeoutError:
             pass  # still waiting for the rest of the body: no answer
         return received
+
+
+def _complete(response: bytes) -> bool:
+    head, separator, body = response.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    return bool(separator) and length is not None and len(body) >= int(length[1])
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])

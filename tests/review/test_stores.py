@@ -144,7 +144,7 @@ def deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-@pytest.mark.parametrize("field", ["detections", "top_k", "trait_heads"])
+@pytest.mark.parametrize("field", ["detections", "top_k", "trait_heads", "probabilities"])
 @pytest.mark.parametrize("text", [deep(100_000), "{not json", '"a string"', '[1, {"bbox": "x"}, ["deep", ' +
                                   deep(950) + "]]", "[" + '{"bbox": [0, 0, 1, 1e999]},' * 3 + "{}]"])
 def test_hostile_json_in_a_station_database_is_one_clean_error(field: str, text: str, tmp_path: Path) -> None:
@@ -158,18 +158,38 @@ def test_hostile_json_in_a_station_database_is_one_clean_error(field: str, text:
         answer = client.get(f"/item/{item_id}")
         assert answer.status_code == 200 and "Traceback" not in answer.text, (name, answer.text[-500:])
     assert client.get(f"/item/{ids['cam/a.jpg']}").text.count('<span id="predicted">fox</span>') == 1
+    assert client.post(f"/api/review/{ids['cam/a.jpg']}", json={"label": "deer"}).status_code == 200
 
 
-def test_a_deep_journal_line_does_not_stop_the_review(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", [deep(100_000), "{not json", '"fox"', "[1, 2]", "[]"])
+def test_unreadable_class_names_in_a_station_database(text: str, tmp_path: Path) -> None:
+    """The watcher's class list damaged: the crops' classes are named by number, and still reviewable."""
+    db = watch_database_of(tmp_path, detections=True)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'class_names'", (text,))
+    client = client_for(db)
+    ids = card_ids(client.get("/").text)
+    assert '<span id="predicted">class_000</span>' in client.get(f"/item/{ids['cam/a.jpg']}").text
+    assert client.app.state.review.store.classes() == ["class_000", "class_001"]
+    assert client.post(f"/api/review/{ids['cam/a.jpg']}", json={"label": "class_001"}).status_code == 200
+
+
+def test_hostile_lines_in_a_run_journal_are_clean_failures(tmp_path: Path) -> None:
     folder = run_folder_of(tmp_path, detections=False)
     with open(folder / OUTPUT_NAMES["jsonl"], "a", encoding="utf-8") as fh:
-        fh.write('{"file": "cam/deep.jpg", "top_k": ' + deep(100_000) + "}\n")
-        fh.write('{"file": "cam/deeper.jpg", "detections": [' + deep(950) + "]}\n")
+        fh.write('{"file": "cam/deep.jpg", "top_k": ' + deep(100_000) + "}\n")  # skipped, as a torn line
+        fh.write('{"file": "cam/deeper.jpg", "detections": [' + deep(500) + "]}\n")
+        fh.write('{"file": "cam/shape.jpg", "top_k": "a string"}\n')
+        fh.write('{"file": "cam/boxes.jpg", "detections": {"bbox": 1}, "trait_heads": [[1]]}\n')
     client = client_for(folder)
     ids = card_ids(client.get("/").text)
-    assert {"cam/a.jpg", "cam/b.jpg", "cam/c.jpg"} <= set(ids)
+    assert sorted(ids) == ["cam/a.jpg", "cam/b.jpg", "cam/boxes.jpg", "cam/c.jpg", "cam/deeper.jpg", "cam/shape.jpg"]
     for item_id in ids.values():
         assert client.get(f"/item/{item_id}").status_code == 200
+    shape = client.get(f"/item/{ids['cam/shape.jpg']}").text
+    assert "stored result unreadable (top_k is not a list of classes)" in shape
+    assert "stored result unreadable (trait_heads" in client.get(f"/item/{ids['cam/boxes.jpg']}").text
+    assert client.get("/", params={"status": "failed"}).text.count('class="card failed') == 2
 
 
 def test_new_station_rows_show_up_without_a_restart(tmp_path: Path) -> None:
@@ -190,3 +210,41 @@ def test_new_station_rows_show_up_without_a_restart(tmp_path: Path) -> None:
     assert '<span id="predicted">badger</span>' in html
     assert client.get(f"/thumb/{ids['cam/d.jpg']}").status_code == 200
     assert card_ids(client.get("/", params={"cls": "badger"}).text) == {"cam/d.jpg": ids["cam/d.jpg"]}
+
+
+def test_a_photo_moved_after_its_row_was_indexed_is_found_where_it_went(tmp_path: Path) -> None:
+    """The watcher commits a row (its photo still in the inbox), then moves the photo and marks it moved."""
+    db = watch_database_of(tmp_path, detections=True)
+    client = client_for(db, refresh_seconds=0)
+    inbox, archive = tmp_path / "inbox", tmp_path / "archive" / "2024-05-05"
+    photo = write_jpeg(inbox / "cam" / "e.jpg", 8)
+    store = ResultStore(db)
+    try:
+        store.add([ImageRecord(file="cam/e.jpg", source=str(inbox), sha256="8" * 64, size=photo.stat().st_size,
+                               stored_path=str(archive / "cam" / "e.jpg"), top_k=top((1, 0.6)))])
+        ids = card_ids(client.get("/").text)
+        assert client.get(f"/photo/{ids['cam/e.jpg']}").content == photo.read_bytes()  # still in the inbox
+        (move,) = store.pending_moves(str(inbox))
+        (archive / "cam").mkdir(parents=True)
+        photo.rename(archive / "cam" / "e.jpg")
+        store.mark_moved(move)
+    finally:
+        store.close()
+    assert card_ids(client.get("/").text) == ids  # the same items, the same ids
+    assert client.get(f"/photo/{ids['cam/e.jpg']}").content == (archive / "cam" / "e.jpg").read_bytes()
+
+
+def test_a_station_database_started_afresh_is_indexed_whole(tmp_path: Path) -> None:
+    """A corrupt database is moved aside and a fresh one started (``open_for_writing``): fewer rows."""
+    db = watch_database_of(tmp_path, detections=True)
+    client = client_for(db, refresh_seconds=0)
+    assert len(card_ids(client.get("/").text)) == 3
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    store = ResultStore(db)
+    try:
+        store.add([ImageRecord(file="cam/f.jpg", source=str(tmp_path / "inbox"), sha256="9" * 64, size=1,
+                               top_k=top((2, 0.9)))])
+    finally:
+        store.close()
+    assert list(card_ids(client.get("/").text)) == ["cam/f.jpg"]

@@ -14,6 +14,7 @@ from promptcam.runtime.options import (
     explain_options,
     model_options,
 )
+from promptcam.station.options import SidecarOptions, WatchOptions
 
 
 @grouped_command()
@@ -24,12 +25,13 @@ from promptcam.runtime.options import (
     "Inbox",
     click.option("--db", type=click.Path(path_type=Path), default=None,
                  help="SQLite results (default INBOX/../results.sqlite)."),
-    click.option("--settle", type=click.FloatRange(min=0), default=2.0, show_default=True,
+    click.option("--settle", type=click.FloatRange(min=0), default=WatchOptions.settle, show_default=True,
                  help="Seconds a file's size and mtime must stay unchanged before it is taken."),
-    click.option("--incomplete-wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
+    click.option("--incomplete-wait", type=click.FloatRange(min=0), default=WatchOptions.incomplete_wait,
+                 show_default=True,
                  help="Seconds a file that looks half-written (no JPEG/PNG end marker, empty, does not decode) "
                       "is waited for before it is taken as it is."),
-    click.option("--poll", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+    click.option("--poll", type=click.FloatRange(min=0.01), default=WatchOptions.poll, show_default=True,
                  help="Scan interval (seconds)."),
     click.option("--move-processed", type=click.Path(path_type=Path), default=None,
                  help="Move classified images here, into one folder per day."),
@@ -39,6 +41,8 @@ from promptcam.runtime.options import (
                  help="Also append every row to this JSONL log."),
     click.option("--status-file", type=click.Path(path_type=Path), default=None,
                  help="Health JSON (queue depth, images/s, last error), updated periodically."),
+    click.option("--workers", type=click.IntRange(min=1), default=WatchOptions.workers, show_default=True,
+                 help="Threads reading, hashing and decoding each batch's files."),
     click.option("--no-events", is_flag=True, help="Polling only (no inotify/watchdog)."),
     click.option("--once", is_flag=True, help="Process what is there, then exit."),
     click.option("--batch-delay", type=float, default=0.0, hidden=True, help="Test hook: pause before each commit."),
@@ -50,15 +54,15 @@ from promptcam.runtime.options import (
                       "photo, a MegaDetector batch file of that one image or {\"detections\": [...]}."),
     det_threshold_option,
     det_categories_option,
-    click.option("--sidecar-wait", type=click.FloatRange(min=0), default=120.0, show_default=True,
+    click.option("--sidecar-wait", type=click.FloatRange(min=0), default=SidecarOptions.wait, show_default=True,
                  help="Seconds a ready photo waits for its sidecar before it is recorded as failed."),
 )
 @verbose_option
 def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size: int, threads: int | None, top_k: int,
           traits: int, settle: float, incomplete_wait: float, poll: float, heatmaps: Path | None,
           move_processed: Path | None, failed_dir: Path | None, jsonl: Path | None, status_file: Path | None,
-          no_events: bool, once: bool, batch_delay: float, detections_mode: str | None, det_threshold: float,
-          det_categories: str, sidecar_wait: float, verbose: bool) -> None:
+          no_events: bool, workers: int, once: bool, batch_delay: float, detections_mode: str | None,
+          det_threshold: float, det_categories: str, sidecar_wait: float, verbose: bool) -> None:
     """Classify images as they arrive in INBOX; results go to SQLite. Restart-safe.
 
     Output folders inside INBOX are left out of the scan; an output folder that is INBOX is refused.
@@ -68,7 +72,6 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
         from promptcam.core.errors import PromptCamError
         from promptcam.runtime.predictor import Predictor
         from promptcam.station.inbox import InboxWatcher
-        from promptcam.station.options import SidecarOptions, WatchOptions
         from promptcam.station.sidecar import DETECTION_MODES
 
         if detections_mode is not None and detections_mode not in DETECTION_MODES:
@@ -81,7 +84,7 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
             inbox=inbox, db=db or inbox.resolve().parent / "results.sqlite", top_k=top_k, traits=traits, settle=settle,
             poll=poll, heatmaps=heatmaps, move_processed=move_processed, failed_dir=failed_dir, jsonl=jsonl,
             status_file=status_file, use_events=not no_events, once=once, batch_delay=batch_delay,
-            incomplete_wait=incomplete_wait, detections=sidecars)
+            incomplete_wait=incomplete_wait, detections=sidecars, workers=workers)
         options.check()  # before the model loads: a wrong setting is one line, at once
         predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
         click.echo(f"engine {predictor.engine_description}", err=True)
@@ -99,7 +102,7 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="Model directory, for the class list of the MegaDetector file (default: classes seen in the rows).")
-@click.option("--verbose", is_flag=True, help="Show tracebacks.")
+@verbose_option
 def export_results(db: Path, fmt: str, out: Path, model_dir: Path | None, verbose: bool) -> None:
     """Write the standard result files from a field-station SQLite database."""
 

@@ -77,7 +77,7 @@ class ExportOptions:
     triton_kind: str = "KIND_GPU"
     # "fused": ORT's MultiHeadAttention in blocks 0..L-2 (ONNX Runtime only; on CUDA it never writes the
     # attention scores to memory); "onnx": standard ops only (TensorRT, int8 quantisation, other runtimes).
-    # Default: fused for fp16 without --engine trt (the ORT-on-GPU precision), else onnx.
+    # Default: fused for fp16 without --target trt (the ORT-on-GPU precision), else onnx.
     attention: str | None = None
 
     def __post_init__(self) -> None:
@@ -103,7 +103,7 @@ class ExportOptions:
             raise ExportError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.attention == "fused" and self.engine == "trt":
             raise ExportError("TensorRT cannot parse ONNX Runtime's fused attention op; "
-                              "use --attention onnx with --engine trt")
+                              "use --attention onnx with --target trt")
         if self.attention == "fused" and self.precision == "int8":
             raise ExportError("int8 quantisation needs standard ONNX ops; use --attention onnx with --precision int8")
         if self.engine == "trt" and self.precision == "int8" and self.int8_mode != "static":

@@ -2,16 +2,18 @@
 
 Why Starlette: it is the ASGI toolkit FastAPI itself is built on, without FastAPI's pydantic and
 OpenAPI layers that a handful of HTML pages and two JSON calls do not need; it brings Jinja2
-templates (autoescaped), a static-file handler that refuses paths outside its folder, a trusted-host
-middleware and a test client, and runs on uvicorn. Every file it serves is looked up by item id in
-the review database; no request ever names a path.
+templates (autoescaped), a static-file handler that refuses paths outside its folder and a test
+client, and runs on uvicorn. Every file it serves is looked up by item id in the review database; no
+request ever names a path. Who may use the page is ``access``'s business (Host, token, Origin).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterable
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -28,8 +29,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from promptcam.core.errors import ImageError, PromptCamError
+from promptcam.core.untrusted import UntrustedJSONError
 
-from .index import ResultsSource
+from .access import Access, AccessMiddleware
+from .index import ResultsSource, build_index, decode_json
 from .media import MEDIA_TYPES, Explainer, cache_name, display_photo, thumbnail
 from .query import BadRequest, Filters, ReviewStore
 
@@ -43,15 +46,40 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 MAX_BODY = 4096
+REFRESH_SECONDS = 3.0  # how often, at most, a request looks whether the results changed
 
 
 class Review:
     """What the handlers share: the review database, the cache folder and the optional explainer."""
 
-    def __init__(self, source: ResultsSource, explainer: Explainer | None = None) -> None:
+    def __init__(self, source: ResultsSource, explainer: Explainer | None = None,
+                 refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.source = source
         self.store = ReviewStore(source.review_db)
         self.explainer = explainer
+        self.refresh_seconds = refresh_seconds
+        self._checked = time.monotonic()
+        self._refreshing = threading.Lock()
+
+    @property
+    def class_names(self) -> Sequence[str] | None:
+        return self.explainer.class_names if self.explainer is not None else None
+
+    def refresh(self) -> None:
+        """Index what the results gained (a running watcher's new rows) since they were last indexed.
+
+        Looks at most every ``refresh_seconds``, in one request at a time (the others go on with the
+        index as it is); a failure is logged and the index stays as it was.
+        """
+        if time.monotonic() - self._checked < self.refresh_seconds or not self._refreshing.acquire(blocking=False):
+            return
+        try:
+            build_index(self.source, class_names=self.class_names, log=LOG.info)
+        except (PromptCamError, sqlite3.Error, OSError) as exc:
+            LOG.warning("could not index the new results of %s: %s", self.source.path, exc)
+        finally:
+            self._checked = time.monotonic()
+            self._refreshing.release()
 
     def item(self, request: Request) -> dict[str, Any]:
         item_id = request.path_params["item_id"]
@@ -61,17 +89,17 @@ class Review:
         return item
 
 
-def create_app(source: ResultsSource, *, explainer: Explainer | None = None,
-               allowed_hosts: Iterable[str] | None = None) -> Starlette:
+def create_app(source: ResultsSource, *, explainer: Explainer | None = None, access: Access | None = None,
+               refresh_seconds: float = REFRESH_SECONDS) -> Starlette:
     """The ASGI app for an indexed ``source`` (see ``index.build_index``).
 
     Args:
         source: The results and their review database.
         explainer: Computes any class's heatmap (``--model``); None hides that control.
-        allowed_hosts: Host headers accepted (a local server refuses others, against DNS rebinding);
-            None accepts any.
+        access: Host, token and Origin rules (``Access.for_bind``); None checks nothing (tests).
+        refresh_seconds: How often, at most, the results are looked at again for new ones.
     """
-    review = Review(source, explainer)
+    review = Review(source, explainer, refresh_seconds)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     templates = Jinja2Templates(env=env)
@@ -80,23 +108,25 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None,
         return templates.TemplateResponse(request, name, context, status_code=status)
 
     def grid(request: Request) -> Response:
+        review.refresh()
         filters = Filters.from_query(request.query_params)
         return page(request, "grid.html", {
             "page": review.store.page(filters), "filters": filters, "classes": review.store.classes(),
             "sources": review.store.sources(), "results": str(source.path)})
 
     def item_page(request: Request) -> Response:
+        review.refresh()
         item = review.item(request)
         filters = Filters.from_query(request.query_params)
         previous, following = review.store.neighbours(item, filters)
-        detections = json.loads(item["detections"]) if item["detections"] else []
+        detections = _stored_list(item["detections"])
         data = {"id": item["id"], "previous": previous, "next": following, "query": filters.query_string(),
                 "verdict": item["verdict"], "label": item["label"], "predicted": item["top1"],
                 "classes": review.store.classes(), "explain": review.explainer is not None,
                 "boxes": [d["bbox"] for d in detections if isinstance(d, dict) and _is_box(d.get("bbox"))]}
         return page(request, "item.html", {
-            "item": item, "top_k": json.loads(item["top_k"]), "filters": filters, "data": data,
-            "trait_heads": json.loads(item["trait_heads"]) if item["trait_heads"] else [],
+            "item": item, "top_k": _stored_list(item["top_k"]), "filters": filters, "data": data,
+            "trait_heads": _stored_list(item["trait_heads"]),
             "detections": [_describe(d, data["classes"]) for d in detections if isinstance(d, dict)]})
 
     def send_file(path: str | Path | None, what: str) -> Response:
@@ -145,12 +175,10 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None,
         # JSON only: a cross-site form cannot send it without a CORS preflight, which this server never grants
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise HTTPException(415, "send the review as application/json")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, "request body too large")
+        body = await _read_body(request, MAX_BODY)
         try:
-            label = json.loads(body)["label"]
-        except (ValueError, KeyError, TypeError):
+            label = decode_json(body, "request body")["label"]
+        except (UntrustedJSONError, KeyError, TypeError):
             raise BadRequest('body must be JSON {"label": "<class name>"}') from None
         if not isinstance(label, str):
             raise BadRequest("label must be a class name (text)")
@@ -169,14 +197,39 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(BaseHTTPMiddleware, dispatch=_security_headers)]
-    if allowed_hosts is not None:
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    if access is not None:  # inside the security headers: its refusals get them too
+        middleware.append(Middleware(AccessMiddleware, access=access))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={
         HTTPException: _error_handler(templates), BadRequest: _error_handler(templates, 400),
         ImageError: _error_handler(templates, 404), PromptCamError: _error_handler(templates, 422),
         Exception: _error_handler(templates, 500)})
     app.state.review = review
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass ``limit`` bytes: by its
+    Content-Length before anything is read, else (chunked) when more than that has arrived."""
+    length = request.headers.get("content-length")
+    if length is not None and not (length.isascii() and length.isdigit()):
+        raise BadRequest("Content-Length must be a number of bytes")
+    if length is not None and int(length) > limit:
+        raise HTTPException(413, "request body too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, "request body too large")
+    return bytes(body)
+
+
+def _stored_list(text: str | None) -> list[Any]:
+    """A JSON list the index stored (checked when indexed; anything else reads as empty)."""
+    try:
+        value = decode_json(text, "review index") if text else []
+    except UntrustedJSONError:
+        return []
+    return value if isinstance(value, list) else []
 
 
 def _describe(detection: dict[str, Any], classes: list[str]) -> str:

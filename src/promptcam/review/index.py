@@ -34,6 +34,7 @@ from promptcam.runtime.records import ImageRecord, utc_now
 
 REVIEW_DB_NAME = "review.sqlite"
 NO_CONFIDENCE = -1.0  # failures sort below every real probability and never match a confidence range
+MAX_CLASSES = 100_000  # a class index above this in stored results is damage, not a class
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,            -- result order (input order of a file run, id order of a station)
@@ -88,7 +89,8 @@ class ResultsSource:
     cache_dir: Path  # thumbnails and on-demand heatmaps
 
     def signature(self) -> str:
-        """Changes whenever the results do (then the items are indexed again)."""
+        """Changes whenever the results do (then the items are indexed again): the files' sizes and
+        times, and a station database's row count and last row id (a write within one clock tick)."""
         files = [self.path / OUTPUT_NAMES["jsonl"]] if self.kind == "folder" else [
             self.path, Path(f"{self.path}-wal")]
         parts = []
@@ -97,6 +99,12 @@ class ResultsSource:
                 st = f.stat()
                 parts.append(f"{st.st_size}:{st.st_mtime_ns}")
             except OSError:
+                parts.append("-")
+        if self.kind == "database":
+            try:
+                with StationReader(self.path) as station:
+                    parts.append("{}:{}".format(*station.extent()))
+            except PromptCamError:
                 parts.append("-")
         return "|".join(parts)
 
@@ -145,30 +153,196 @@ def _writable(folder: Path, results: Path) -> Path:
 def folder_records(folder: Path) -> list[ImageRecord]:
     """The records of a run folder's journal, one per image (the last record of a path wins, as ``--resume``)."""
     journal = Journal(folder / OUTPUT_NAMES["jsonl"])
-    records = journal.read()
     latest: dict[str, ImageRecord] = {}
-    for r in records:
+    for r in map(checked_record, journal.read()):
         latest[r.path or r.file] = r
     return list(latest.values())
 
 
-def database_records(path: Path) -> Iterator[ImageRecord]:
-    """A station database's rows as records, read-only (the station may be writing)."""
-    try:
-        db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)
-        cursor = db.execute("SELECT * FROM results ORDER BY id")
-    except sqlite3.DatabaseError as exc:
-        raise PromptCamError(f"{path}: not a promptcam-watch results database ({exc})") from exc
-    names = [d[0] for d in cursor.description]
-    try:
-        for values in cursor:
-            row = dict(zip(names, values, strict=True))
-            for key in ("top_k", "probabilities", "trait_heads"):
-                if row.get(key) is not None:
-                    row[key] = json.loads(row[key])
-            yield record_from_row(row)
-    finally:
-        db.close()
+class StationRow(NamedTuple):
+    id: int  # the row's id in the station database (the item's id in the review too)
+    pending: bool  # committed, its photo not yet moved to ``stored_path`` (indexed again once moved)
+    record: ImageRecord
+
+
+class StationReader:
+    """One read-only snapshot of a station database (the station may be writing meanwhile)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise PromptCamError(f"{path}: cannot open the results database ({exc})") from exc
+        try:
+            self.db.execute("BEGIN")  # every query below sees the same rows
+            self.extent()
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise PromptCamError(f"{path}: not a promptcam-watch results database ({exc})") from exc
+
+    def __enter__(self) -> StationReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.close()
+
+    def extent(self) -> tuple[int, int]:
+        """(row count, last row id)."""
+        count, last = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM results").fetchone()
+        return count, last
+
+    def count_after(self, row_id: int) -> int:
+        return self.db.execute("SELECT count(*) FROM results WHERE id > ?", (row_id,)).fetchone()[0]
+
+    def class_names(self) -> list[str] | None:
+        """The model's classes as the watcher wrote them (``--detections``), None when absent or unreadable."""
+        try:
+            hit = self.db.execute("SELECT value FROM meta WHERE key = 'class_names'").fetchone()
+            return _name_list(decode_json(hit[0], f"{self.path}: meta class_names")) if hit else None
+        except (sqlite3.Error, UntrustedJSONError):
+            return None  # a database older than its meta table, or a damaged value: the rows' names stand in
+
+    def rows(self, where: str = "1", params: Sequence[Any] = ()) -> Iterator[StationRow]:
+        """The rows matching ``where``, in id order, as records (checked: see ``checked_record``)."""
+        try:
+            cursor = self.db.execute(f"SELECT * FROM results WHERE {where} ORDER BY id", params)
+            names = [d[0] for d in cursor.description]
+            for values in cursor:
+                row = dict(zip(names, values, strict=True))
+                problem = _decode_columns(row)
+                record = record_from_row(row)
+                if problem is not None:
+                    record = unreadable(record, problem)
+                yield StationRow(row["id"], not row.get("moved", 1) and row["stored_path"] is not None,
+                                 checked_record(record))
+        except sqlite3.Error as exc:
+            raise PromptCamError(f"{self.path}: cannot read the results ({exc})") from exc
+
+
+JSON_COLUMNS = ("top_k", "trait_heads", "detections")
+
+
+def _decode_columns(row: dict[str, Any]) -> str | None:
+    """Decode a row's JSON columns in place (an unreadable one becomes None); the first problem, or None.
+
+    ``probabilities`` (every class's, the largest column) is left out: the review does not show it.
+    """
+    row["probabilities"] = None
+    problem = None
+    for key in JSON_COLUMNS:
+        if row.get(key) is None:
+            continue
+        try:
+            row[key] = decode_json(row[key], key)
+        except UntrustedJSONError as exc:
+            row[key] = None
+            problem = problem or str(exc)
+    return problem
+
+
+def decode_json(text: Any, where: str) -> Any:
+    """JSON from outside (``loads_untrusted``); text that is not even a string is refused the same way.
+
+    Raises:
+        UntrustedJSONError: not JSON this program can take.
+    """
+    if not isinstance(text, str | bytes):
+        raise UntrustedJSONError(f"{where}: not JSON text")
+    return loads_untrusted(text, where)
+
+
+# -- the shape of a record: what the review reads from it, checked ----------------------------
+
+
+def unreadable(record: ImageRecord, problem: str) -> ImageRecord:
+    """``record`` as a failure saying what of the stored result could not be read."""
+    record.failure = record.failure or f"{record.file}: stored result unreadable ({problem})"
+    record.top_k, record.trait_heads, record.detections = [], None, None
+    return record
+
+
+def checked_record(record: ImageRecord) -> ImageRecord:
+    """``record`` with the fields the review uses in the shapes it expects: top-k and trait heads whole
+    or the record a failure; detections reduced to their category, confidence, box and classes."""
+    if not isinstance(record.file, str):
+        record.file = str(record.file)
+    if not isinstance(record.top_k, list) or not all(_is_class_score(c) for c in record.top_k):
+        return unreadable(record, "top_k is not a list of classes")
+    if record.trait_heads is not None and not (
+            isinstance(record.trait_heads, list) and all(_is_whole(h) for h in record.trait_heads)):
+        return unreadable(record, "trait_heads is not a list of head numbers")
+    if record.detections is not None and not isinstance(record.detections, list):
+        return unreadable(record, "detections is not a list")
+    if record.detections is not None:
+        record.detections = [_clean_detection(d) for d in record.detections if isinstance(d, dict)]
+    for name in ("path", "heatmap", "traits_image", "stored_path", "source", "taken_at", "explained_class",
+                 "failure"):
+        if getattr(record, name) is not None and not isinstance(getattr(record, name), str):
+            setattr(record, name, str(getattr(record, name)))
+    return record
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_class_score(value: Any) -> bool:
+    return (isinstance(value, dict) and _is_whole(value.get("index")) and 0 <= value["index"] < MAX_CLASSES
+            and isinstance(value.get("name"), str) and _is_number(value.get("probability")))
+
+
+def _class_id(value: Any) -> int | None:
+    """A classification's class id (text as the MegaDetector format writes it, or a number)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+        value = int(value)
+    return value if _is_whole(value) and 0 <= value < MAX_CLASSES else None
+
+
+def _clean_detection(detection: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of a detection: category, confidence, box ([x, y, w, h] in 0..1) and classes."""
+    clean: dict[str, Any] = {}
+    category = detection.get("category")
+    if isinstance(category, str | int) and not isinstance(category, bool):
+        clean["category"] = str(category)[:40]
+    if _is_number(detection.get("conf")):
+        clean["conf"] = detection["conf"]
+    bbox = detection.get("bbox")
+    if isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
+        clean["bbox"] = bbox
+    found = detection.get("classifications")
+    classes = [[str(_class_id(c[0])), c[1]] for c in found if isinstance(c, list) and len(c) == 2
+               and _class_id(c[0]) is not None and _is_number(c[1])] if isinstance(found, list) else []
+    if classes:
+        clean["classifications"] = classes
+    return clean
+
+
+def _name_list(value: Any) -> list[str] | None:
+    return list(value) if isinstance(value, list) and value and all(isinstance(n, str) for n in value) else None
+
+
+def with_crop_classes(record: ImageRecord, class_names: Sequence[str]) -> ImageRecord:
+    """A ``--detections`` result has no whole-image top-k: its classes are those of the classified
+    detection the detector is surest of (so the grid's class, confidence and corrections apply)."""
+    if not record.ok or record.top_k or not record.detections:
+        return record
+    classified = [d for d in record.detections if d.get("classifications")]
+    if not classified:
+        return record
+    best = max(classified, key=lambda d: d.get("conf", 0.0))
+    record.top_k = [{"index": int(i), "name": class_name(class_names, int(i)), "probability": p}
+                    for i, p in best["classifications"]]
+    return record
+
+
+def class_name(class_names: Sequence[str], index: int) -> str:
+    """The name of class ``index`` (``class_NNN`` beyond the names known, as ``class_names_seen`` does)."""
+    return class_names[index] if 0 <= index < len(class_names) else f"class_{index:03d}"
 
 
 def first_existing(candidates: Iterable[Path | None]) -> str | None:
@@ -207,10 +381,8 @@ def item_row(record: ImageRecord, source: ResultsSource) -> tuple[Any, ...]:
     taken = record.taken_at
     if taken:
         day = taken[:10]
-    elif record.mtime_ns:
-        day = datetime.fromtimestamp(record.mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d")
     else:
-        day = ""
+        day = _day_of(record.mtime_ns)
     detections = record.detections  # --detections runs: the detector's boxes (None in whole-image runs)
     boxes = [d for d in detections or [] if isinstance(d, dict) and d.get("bbox") not in (None, [0, 0, 1, 1])]
     top = record.top_k[0] if record.top_k else None
@@ -226,6 +398,16 @@ def item_row(record: ImageRecord, source: ResultsSource) -> tuple[Any, ...]:
             record.width, record.height)
 
 
+def _day_of(mtime_ns: Any) -> str:
+    """YYYY-MM-DD of a file time in nanoseconds ('' when there is none, or not a time)."""
+    if not _is_whole(mtime_ns) or not mtime_ns:
+        return ""
+    try:
+        return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
 # -- the index ----------------------------------------------------------------------------------
 
 
@@ -237,9 +419,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def insert_items(db: sqlite3.Connection, rows: Iterable[Sequence[Any]], chunk: int = 5000) -> int:
-    """Insert ``items`` rows (``ITEM_COLUMNS`` order) in chunks; returns how many."""
-    sql = f"INSERT OR REPLACE INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
+def insert_items(db: sqlite3.Connection, rows: Iterable[Sequence[Any]], chunk: int = 5000, *,
+                 with_id: bool = False) -> int:
+    """Insert ``items`` rows (``ITEM_COLUMNS`` order, the item id first when ``with_id``) in chunks; how many."""
+    columns = ("id", *ITEM_COLUMNS) if with_id else ITEM_COLUMNS
+    sql = f"INSERT OR REPLACE INTO items ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     count = 0
     batch: list[Sequence[Any]] = []
     for row in rows:
@@ -257,22 +441,94 @@ def set_classes(db: sqlite3.Connection, names: Sequence[str]) -> None:
     db.executemany("INSERT INTO classes VALUES (?, ?)", list(enumerate(names)))
 
 
-def results_class_names(source: ResultsSource, seen: dict[int, str]) -> list[str]:
-    """Every class name: results.json's ``classification_categories`` when readable, else those the top-k
-    lists showed (``seen``: index -> name; gaps named ``class_NNN`` as ``class_names_seen`` does)."""
-    if source.kind == "folder":
-        try:
-            data = json.loads((source.path / OUTPUT_NAMES["megadetector"]).read_text(encoding="utf-8"))
-            categories = data["classification_categories"]
-            return [categories[str(i)] for i in range(len(categories))]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # an interrupted run has no results.json yet: the journal's top-k names stand in
-    return [seen.get(i, f"class_{i:03d}") for i in range(max(seen, default=-1) + 1)]
+def folder_class_names(folder: Path) -> list[str] | None:
+    """results.json's ``classification_categories`` (None while a run has not written it, or unreadable)."""
+    path = folder / OUTPUT_NAMES["megadetector"]
+    try:
+        data = decode_json(path.read_bytes(), str(path))
+        categories = data["classification_categories"]
+        return _name_list([categories[str(i)] for i in range(len(categories))])
+    except (OSError, UntrustedJSONError, KeyError, TypeError):
+        return None  # an interrupted run has no results.json yet: the journal's top-k names stand in
+
+
+def seen_class_names(seen: dict[int, str]) -> list[str]:
+    """The classes the top-k lists showed (index -> name), gaps named ``class_NNN`` as ``class_names_seen`` does."""
+    return [seen.get(i) or class_name([], i) for i in range(max(seen, default=-1) + 1)]
+
+
+def _meta(db: sqlite3.Connection, key: str) -> str | None:
+    hit = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return hit[0] if hit else None
+
+
+def _index_rows(db: sqlite3.Connection, source: ResultsSource, numbered: Iterable[tuple[int, ImageRecord]],
+                names: Sequence[str] | None, seen: dict[int, str]) -> int:
+    """Insert (item id, record) pairs; the classes they show are added to ``seen``."""
+    def rows() -> Iterator[tuple[Any, ...]]:  # streamed from the results into the index
+        for item_id, record in numbered:
+            record = with_crop_classes(record, names or ())
+            seen.update({c["index"]: c["name"] for c in record.top_k})
+            yield (item_id, *item_row(record, source))
+
+    return insert_items(db, rows(), with_id=True)
+
+
+def _index_folder(db: sqlite3.Connection, source: ResultsSource, class_names: Sequence[str] | None) -> int:
+    """Every result of a run folder (its journal is read whole); item ids in result order."""
+    names = list(class_names) if class_names else folder_class_names(source.path)
+    seen: dict[int, str] = {}
+    db.execute("DELETE FROM items")
+    count = _index_rows(db, source, enumerate(folder_records(source.path), 1), names, seen)
+    set_classes(db, names or seen_class_names(seen))
+    return count
+
+
+def _index_station(db: sqlite3.Connection, source: ResultsSource, station: StationReader,
+                   class_names: Sequence[str] | None, after: tuple[int, list[int]] | None = None) -> int:
+    """A station database's rows (item id = row id): all of them, or ``after`` (last id, pending ids) only
+    the rows added since and those whose photo was still to be moved."""
+    names = list(class_names) if class_names else station.class_names()
+    if after is None:
+        db.execute("DELETE FROM items")
+        seen: dict[int, str] = {}
+        rows = station.rows()
+    else:
+        seen = {i: n for i, n in db.execute("SELECT idx, name FROM classes")}
+        rows = station.rows("id > ? OR id IN (SELECT value FROM json_each(?))", (after[0], json.dumps(after[1])))
+    pending: list[int] = []
+
+    def numbered() -> Iterator[tuple[int, ImageRecord]]:
+        for row in rows:
+            if row.pending:
+                pending.append(row.id)
+            yield row.id, row.record
+
+    count = _index_rows(db, source, numbered(), names, seen)
+    set_classes(db, names or seen_class_names(seen))
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('station_extent', ?)", ("{}:{}".format(*station.extent()),))
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('station_pending', ?)", (json.dumps(pending),))
+    return count
+
+
+def _station_growth(db: sqlite3.Connection, station: StationReader) -> tuple[int, list[int]] | None:
+    """(last id indexed, ids indexed while pending) when the station only gained rows since it was
+    indexed; None when it must be indexed whole (never indexed, rows gone, another database)."""
+    try:
+        count, last = (int(v) for v in (_meta(db, "station_extent") or "").split(":"))
+        pending = [int(i) for i in json.loads(_meta(db, "station_pending") or "[]")]
+    except (ValueError, TypeError):
+        return None
+    now, _ = station.extent()
+    return (last, pending) if now - count == station.count_after(last) else None
 
 
 def build_index(source: ResultsSource, *, class_names: Sequence[str] | None = None, force: bool = False,
                 log: Any = None) -> Path:
     """Index the results into the review database (again only when they changed, or ``force``).
+
+    A station database that only gained rows since it was last indexed has just those rows indexed
+    (and the rows whose photo was still being moved); anything else is indexed whole.
 
     Args:
         source: From ``locate``.
@@ -286,29 +542,24 @@ def build_index(source: ResultsSource, *, class_names: Sequence[str] | None = No
     db = connect(source.review_db)
     try:
         # the model's classes (--model) are part of what was indexed: another model means indexing again
-        signature = source.signature() + ("|" + json.dumps(list(class_names)) if class_names else "")
-        have = db.execute("SELECT value FROM meta WHERE key='signature'").fetchone()
-        if not force and have is not None and have[0] == signature:
+        meta = {"signature": source.signature(), "model_classes": json.dumps(list(class_names or [])),
+                "results": str(source.path), "indexed_at": utc_now()}
+        same_model = _meta(db, "model_classes") == meta["model_classes"]
+        if not force and same_model and _meta(db, "signature") == meta["signature"]:
             return source.review_db
-        records = folder_records(source.path) if source.kind == "folder" else database_records(source.path)
-        seen: dict[int, str] = {}
-
-        def rows() -> Iterator[tuple[Any, ...]]:  # a station's rows stream from its database into the index
-            for r in records:
-                seen.update({c["index"]: c["name"] for c in r.top_k})
-                yield item_row(r, source)
-
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM items")
-            count = insert_items(db, rows())
-            set_classes(db, list(class_names) if class_names else results_class_names(source, seen))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)", (signature,))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('results', ?)", (str(source.path),))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('indexed_at', ?)", (utc_now(),))
-        db.execute("ANALYZE")  # the planner picks the filter's index, not a scan
+            if source.kind == "folder":
+                count, whole = _index_folder(db, source, class_names), True
+            else:
+                with StationReader(source.path) as station:
+                    growth = _station_growth(db, station) if same_model and not force else None
+                    count, whole = _index_station(db, source, station, class_names, growth), growth is None
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+        if whole:
+            db.execute("ANALYZE")  # the planner picks the filter's index, not a scan
         if log is not None:
-            log(f"indexed {count} result(s) from {source.path} into {source.review_db}")
+            log(f"{'indexed' if whole else 'added'} {count} result(s) from {source.path} into {source.review_db}")
     finally:
         db.close()
     return source.review_db

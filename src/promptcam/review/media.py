@@ -3,6 +3,11 @@
 Only paths stored in the review database (copied from the results) are ever opened; the server
 looks them up by item id. Thumbnails and on-demand heatmaps are written once into the cache
 folder (atomically, named by a hash of the item key) and served from there afterwards.
+
+Every photo is decoded as the runtime decodes its inputs: the header checked first (no decompression
+bomb is decoded), a JPEG at the largest DCT reduction that still covers the size wanted, and the
+decode holding its pixels in the process-wide ``DECODE_BUDGET``, so concurrent thumbnail requests of
+large photos wait for each other instead of taking the server's memory.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import numpy as np
 from promptcam.core.atomic import atomic_write_bytes
 from promptcam.core.errors import ImageError
 from promptcam.runtime.heatmap import overlay
-from promptcam.runtime.images import check_dimensions, decode_image, read_file_bytes, read_image
+from promptcam.runtime.images import (
+    DECODE_BUDGET,
+    check_dimensions,
+    decode_image,
+    is_jpeg,
+    read_file_bytes,
+    reduced_size,
+)
 
 THUMB_SIZE = 256
 DISPLAY_SIZE = 2048  # photos the browser cannot show (TIFF) are converted to a JPEG this wide at most
@@ -55,19 +67,34 @@ def shrink(rgb: np.ndarray, longest: int) -> np.ndarray:
     return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
+def jpeg_reduction(width: int, height: int, longest: int) -> int:
+    """The largest JPEG DCT reduction (8, 4, 2, else 1) whose long side still reaches ``longest`` pixels."""
+    return next((r for r in (8, 4, 2) if max(width, height) / r >= longest), 1)
+
+
+def decode_photo(path: str, longest: int) -> np.ndarray:
+    """The photo at ``path`` as RGB, its long side at most ``longest`` (``ImageError`` when unreadable).
+
+    A JPEG decodes at ``jpeg_reduction`` (libjpeg scales in the DCT domain: 1/8 of a 48 MP photo is a
+    fraction of the work and memory of a full decode); other formats decode whole. The decode holds
+    its pixels in ``DECODE_BUDGET`` until it is shrunk, so the full-size array is counted while it lives.
+    """
+    data = read_file_bytes(path)
+    width, height = check_dimensions(data, path)  # a decompression bomb is refused before any decode
+    reduction = jpeg_reduction(width, height, longest) if is_jpeg(data) else 1
+    decoded_width, decoded_height = reduced_size(width, height, reduction)
+    with DECODE_BUDGET.hold(decoded_width * decoded_height):
+        return shrink(decode_image(data, path, reduction=reduction, header=(width, height)), longest)
+
+
 def thumbnail(path: str, cache: Path, name: str) -> Path:
     """A small JPEG of ``path``, made on first request and cached (``ImageError`` when unreadable)."""
     target = cache / name
     if target.is_file():
         return target
-    data = read_file_bytes(path)
-    check_dimensions(data, path)  # a decompression bomb is refused before any decode, reduced or not
-    # libjpeg's DCT scaling decodes a 12 MP photo at 1/4 size for a fraction of a full decode
-    small = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_4) if Path(path).suffix.lower() in (".jpg", ".jpeg") else None
-    if small is None or min(small.shape[:2]) < THUMB_SIZE // 2:
-        small = cv2.cvtColor(decode_image(data, path), cv2.COLOR_RGB2BGR)
+    small = decode_photo(path, THUMB_SIZE)
     cache.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(target, encode_jpeg(shrink(small, THUMB_SIZE)), durable=False)
+    return atomic_write_bytes(target, encode_jpeg(cv2.cvtColor(small, cv2.COLOR_RGB2BGR)), durable=False)
 
 
 def display_photo(path: str, cache: Path, name: str) -> Path:
@@ -76,7 +103,7 @@ def display_photo(path: str, cache: Path, name: str) -> Path:
         return Path(path)
     target = cache / name
     if not target.is_file():
-        rgb = shrink(read_image(path), DISPLAY_SIZE)
+        rgb = decode_photo(path, DISPLAY_SIZE)
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, encode_jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 90), durable=False)
     return target
@@ -103,7 +130,7 @@ class Explainer:
         target = cache / name
         if target.is_file():
             return target
-        rgb = shrink(read_image(path), DISPLAY_SIZE)
+        rgb = decode_photo(path, DISPLAY_SIZE)
         with self._lock:
             prediction = self.predictor.predict([rgb], classes=[class_index])[0]
         cache.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +159,23 @@ class InboxWatcher:
         self.skipped = scan.skipped
         self.status.queue_depth = len(scan.ready) + scan.waiting
         size = self.predictor.batch_size
-        for start in range(0, len(scan.ready), size):
-            if start and self.stopping.is_set():
-                break  # SIGTERM: the batch in flight is done; the rest waits for the next start
-            self._process(scan.ready[start:start + size])
-            self.status.queue_depth = max(0, self.status.queue_depth - size)
+        batches = [scan.ready[start:start + size] for start in range(0, len(scan.ready), size)]
+        cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # the workers are the parallelism (as in the folder run)
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
+                upcoming = self._decoding(pool, self._reading(pool, batches[0])) if batches else []
+                for index, batch in enumerate(batches):
+                    reads = self._reading(pool, batches[index + 1]) if index + 1 < len(batches) else []
+                    taken = [t for t, decoding in upcoming if decoding is None or decoding.result() is not None]
+                    # the next batch decodes while this one is classified and committed
+                    upcoming = self._decoding(pool, reads)
+                    self._process(batch, taken)
+                    self.status.queue_depth = max(0, self.status.queue_depth - size)
+                    if self.stopping.is_set():
+                        break  # SIGTERM: the batch in flight is done; the rest waits for the next start
+        finally:
+            cv2.setNumThreads(cv_threads)
         return len(scan.ready)
 
     def close(self) -> None:
@@ -172,9 +184,9 @@ class InboxWatcher:
 
     # -- one batch -------------------------------------------------------------------------------
 
-    def _process(self, paths: list[Path]) -> None:
+    def _process(self, paths: list[Path], taken: list[Taken]) -> None:
+        """Classify, commit and account one batch of read (and decoded) files."""
         started = time.perf_counter()
-        taken = self._take([p for p in paths if p.exists() or p.is_symlink()])
         for gone in set(paths) - {t.path for t in taken}:
             self.scanner.tracker.forget(gone)  # removed between scan and read (an operator tidying up)
         for item in taken:
@@ -205,21 +217,21 @@ class InboxWatcher:
             self.status.batch_done(time.perf_counter() - started, len(rows))
         self._write_status("running", force=True)
 
-    def _take(self, paths: list[Path]) -> list[Taken]:
-        """Read, check and decode a batch's files: reading and decoding in ``workers`` threads, the
-        duplicate lookup (SQLite) on this one."""
-        rels = [p.relative_to(self.inbox).as_posix() for p in paths]
-        with ThreadPoolExecutor(max_workers=max(1, self.options.workers)) as pool:
-            cv_threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)  # the workers are the parallelism (as in the folder run)
-            try:
-                reads = list(pool.map(self.intake.read, paths, rels))
-                to_decode = [(t, data) for t, data, _ in reads
-                             if data is not None and t.row is not None and not self.intake.duplicate_of(t)]
-                list(pool.map(lambda pair: self.intake.decode(*pair), to_decode))
-            finally:
-                cv2.setNumThreads(cv_threads)
-        return [t for t, _, _ in reads]
+    def _reading(self, pool: ThreadPoolExecutor, paths: list[Path]) -> list[Future[tuple[Taken, Any, Any]]]:
+        """Start reading and hashing a batch's files in the workers (a file removed since the scan is left out)."""
+        return [pool.submit(self.intake.read, p, p.relative_to(self.inbox).as_posix())
+                for p in paths if p.exists() or p.is_symlink()]
+
+    def _decoding(self, pool: ThreadPoolExecutor,
+                  reads: list[Future[tuple[Taken, Any, Any]]]) -> list[tuple[Taken, Future[Taken] | None]]:
+        """The read files, each with its decode started in the workers; the duplicate lookup (SQLite) is made
+        here, on the watcher's thread, and a duplicate or a failed read is not decoded."""
+        started = []
+        for read in reads:
+            taken, data, _ = read.result()
+            needs_decode = data is not None and taken.row is not None and not self.intake.duplicate_of(taken)
+            started.append((taken, pool.submit(self.intake.decode, taken, data) if needs_decode else None))
+        return started
 
     def _classify(self, items: list[Taken]) -> None:
         """The batch's images (or crops) through the backend, each prediction through the one record path."""

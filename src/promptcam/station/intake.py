@@ -78,8 +78,10 @@ def upload_incomplete(data: np.ndarray | bytes) -> str | None:
     if not len(data):
         return "empty"
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
-    written = np.flatnonzero(buf[::-1])  # a preallocated file: the part not yet written is zeros
-    end = len(buf) - int(written[0]) if written.size else 0
+    end = len(buf)
+    if buf[end - 1] == 0:  # a preallocated file: the part not yet written is zeros (rare: search only then)
+        written = np.flatnonzero(buf)
+        end = int(written[-1]) + 1 if written.size else 0
     tail = bytes(buf[max(0, end - 32):end])
     head = bytes(buf[:8])
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
@@ -154,7 +156,17 @@ class Intake:
         return True
 
     def decode(self, taken: Taken, data: np.ndarray) -> Taken:
-        """Decode a read file for the model (any thread): the whole image, or its sidecar's crops."""
+        """Decode a read file for the model (any thread): the whole image, or its sidecar's crops.
+
+        Whatever a hostile file makes go wrong here is that file's failed row, never the station's crash
+        (a supervisor restarting a station that dies on the same file would loop for ever)."""
+        try:
+            return self._decode(taken, data)
+        except Exception as exc:  # noqa: BLE001 - the last guard of one file; the batch goes on
+            return self._failed(taken, f"{db_text(str(taken.path))}: cannot be taken "
+                                       f"({type(exc).__name__}: {str(exc)[:200]})")
+
+    def _decode(self, taken: Taken, data: np.ndarray) -> Taken:
         row, shown = taken.row, db_text(str(taken.path))
         boxes = None
         if self.sidecars is not None:

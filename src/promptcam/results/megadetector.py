@@ -1,5 +1,5 @@
 """The MegaDetector batch-results format (1.x) as promptcam reads it: the detector's categories, the
-checks of a parsed file or entry, and which detections are classified (``qualifies``).
+checks of a parsed file or entry, and which detections are classified (``qualifies``, ``select_crops``).
 
 Used by ``promptcam run --detections FILE`` (``batch.detections``) and by the station's per-image
 sidecars (``station.sidecar``). The writer of the format is ``formats.megadetector_json``.
@@ -19,6 +19,12 @@ from promptcam.core.errors import PromptCamError
 DEFAULT_CATEGORIES = ("animal",)
 MEGADETECTOR_CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}  # MegaDetector v5/v1000
 DEFAULT_THRESHOLD = 0.2  # the common classifier default (SpeciesNet, AddaxAI use 0.1-0.2)
+# at most this many detections of one photo are classified (its most confident qualifying ones): a herd
+# is a few dozen boxes; a hostile or broken detector output of 20,000 boxes would be 20,000 crops (6 GB
+# at 224 px). The qualifying detections left out carry ``LEFT_OUT_KEY`` (see ``select_crops``).
+MAX_CROPS_PER_PHOTO = 100
+LEFT_OUT_KEY = "not_classified"
+LEFT_OUT_REASON = "max_crops_per_photo"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,49 @@ def qualifies(detection: dict[str, Any], categories: frozenset[str], threshold: 
     with a box of non-zero size."""
     _, _, w, h = detection["bbox"]
     return detection["category"] in categories and detection["conf"] >= threshold and w > 0 and h > 0
+
+
+@dataclass(frozen=True)
+class CropSelection:
+    """Which detections of one photo are classified.
+
+    Attributes:
+        selected: Indices of the classified detections, most confident first (ties: list order).
+        left_out: Indices of the qualifying detections beyond ``MAX_CROPS_PER_PHOTO`` (not classified).
+    """
+
+    selected: list[int]
+    left_out: list[int]
+
+
+def select_crops(detections: Sequence[dict[str, Any]], categories: frozenset[str], threshold: float,
+                 limit: int = MAX_CROPS_PER_PHOTO) -> CropSelection:
+    """The detections of one photo to classify: those that ``qualify``, most confident first, the first
+    ``limit`` of them (``promptcam run --detections`` and the station's sidecars choose alike).
+
+    A reader of the results tells the three kinds of detection apart so: a classified one has
+    ``classifications``; a qualifying one left out by the limit has no ``classifications`` and
+    ``LEFT_OUT_KEY: LEFT_OUT_REASON`` (``mark_left_out``); any other (another category, below the
+    threshold, an empty box) has neither. ``left_out_count`` counts the second kind.
+    """
+    qualifying = [i for i, d in enumerate(detections) if qualifies(d, categories, threshold)]
+    qualifying.sort(key=lambda i: -detections[i]["conf"])  # stable: equal confidences keep the list order
+    return CropSelection(qualifying[:limit], sorted(qualifying[limit:]))
+
+
+def mark_left_out(detections: Sequence[dict[str, Any]], left_out: Sequence[int]) -> list[dict[str, Any]]:
+    """A copy of a photo's detections in which each of ``left_out`` says it was not classified (and has no
+    ``classifications``, even if the detector file brought some)."""
+    out = [dict(d) for d in detections]
+    for index in left_out:
+        out[index].pop("classifications", None)
+        out[index][LEFT_OUT_KEY] = LEFT_OUT_REASON
+    return out
+
+
+def left_out_count(detections: Sequence[dict[str, Any]] | None) -> int:
+    """How many of a result's detections were left unclassified by ``MAX_CROPS_PER_PHOTO``."""
+    return sum(1 for d in detections or () if isinstance(d, dict) and d.get(LEFT_OUT_KEY) == LEFT_OUT_REASON)
 
 
 def normalise_name(name: str) -> str:

@@ -5,13 +5,16 @@ A page bound to loopback needs no token (only this machine reaches it), but it s
 Host header: a DNS-rebinding page (``evil.example`` made to resolve to 127.0.0.1) reaches a loopback
 server too, and names itself in Host. Off loopback anyone on the network reaches the page, so it
 needs the token printed at start-up, as Jupyter does: given once as ``?token=``, then kept in an
-HttpOnly, SameSite=Strict cookie (and taken out of the address bar by a redirect). A change (POST,
-DELETE) whose ``Origin`` is not the page itself is refused, token or not.
+HttpOnly, SameSite=Strict cookie (and taken out of the address bar by a refresh the page itself
+starts, not a redirect: a browser withholds a Strict cookie from every hop of a navigation that began
+on another site, such as a link clicked in a chat). A change (POST, DELETE) whose ``Origin`` is not
+the page itself is refused, token or not.
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import ipaddress
 import re
 import secrets
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 TOKEN_ENV = "PROMPTCAM_REVIEW_TOKEN"
@@ -143,7 +146,7 @@ def review_urls(bound: str, port: int, token: str | None) -> list[str]:
 
 class AccessMiddleware:
     """ASGI middleware that enforces an ``Access``: 400 for a foreign Host, 403 without the token or
-    for a change from another origin, a redirect that keeps a ``?token=`` in the cookie."""
+    for a change from another origin; a page asked for with ``?token=`` stores it in the cookie."""
 
     def __init__(self, app: ASGIApp, access: Access) -> None:
         self.app = app
@@ -154,7 +157,7 @@ class AccessMiddleware:
         await (stop or self.app)(scope, receive, send)
 
     def answer(self, request: Request) -> Response | None:
-        """The response that ends ``request`` here (a refusal, or the redirect storing the token); None: pass."""
+        """The response that ends ``request`` here (a refusal, or the hop storing the token); None: pass."""
         host = split_host(request.headers.get("host", ""))
         if host is None or not self.access.allows_host(host[0]):
             return refusal(request, 400, BAD_HOST)
@@ -187,10 +190,13 @@ def _same(offered: str | None, token: str) -> bool:
 
 
 def _store_token(request: Request, token: str) -> Response:
-    """303 to the same page without ``token`` in its address, the token set in the cookie."""
+    """The token set in the cookie, and a refresh to the same page without ``token`` in its address."""
     rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    path = "/" + request.scope["path"].lstrip("/")  # never //host: a redirect stays on this page
-    response = RedirectResponse(quote(path) + ("?" + urlencode(rest) if rest else ""), status_code=303)
+    path = "/" + request.scope["path"].lstrip("/")  # never //host: the refresh stays on this page
+    target = html.escape(quote(path) + ("?" + urlencode(rest) if rest else ""), quote=True)
+    response = HTMLResponse(f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; '
+                            f'url={target}"><title>promptcam review</title><p><a href="{target}">Open the review '
+                            "page</a></p>", headers={"Cache-Control": "no-store"})
     response.set_cookie(cookie_name(request), token, httponly=True, samesite="strict", path="/")
     return response
 

@@ -13,6 +13,7 @@ import click
 
 from promptcam.core.cli import run_cli, verbose_option
 from promptcam.core.errors import PromptCamError
+from promptcam.runtime.backends import ENGINES
 
 TOKEN_ENV = "PROMPTCAM_REVIEW_TOKEN"  # the same as access.TOKEN_ENV (not imported: --help stays light)
 
@@ -77,7 +78,7 @@ def bind(host: str, port: int) -> socket.socket:
 @click.argument("results", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="Exported model directory: compute any class's heatmap on demand.")
-@click.option("--engine", default="auto", show_default=True, help="Engine for --model (auto, ort-cpu, ...).")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True, help="Engine for --model.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. On loopback (127.0.0.0/8, ::1, localhost) no token is needed; any other "
                    "address (0.0.0.0: every one) makes the page ask for its token.")

@@ -183,7 +183,7 @@ def test_matching_is_robust_and_counts_both_ways(tmp_path):
         {"file": "DCIM/102RECNX/IMG_0009.JPG", "detections": []},
     ]}
     detector = load_detector_file(write_md(tmp_path / "md.json", md))
-    files, _ = collect_inputs([photos])
+    files = collect_inputs([photos]).files
     matching = match_inputs(files, detector, root=tmp_path / "card")
     assert sorted(e["file"] for e in matching.entries.values()) == ["./DCIM/100RECNX/IMG_0002.JPG",
                                                                      "DCIM\\100RECNX\\IMG_0001.JPG"]

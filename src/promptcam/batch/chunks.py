@@ -39,6 +39,8 @@ class LoadedImage:
         size: (height, width) of the full-size, EXIF-oriented photo (not of a reduced decode).
         preview: The decode heatmaps are drawn on (a reduced preview of a large JPEG).
         squares: ``--detections``: the crop square of each classified detection.
+        selected: ``--detections``: the indices of the detections classified, in the order of the crops.
+        box_failures: ``--detections``: detections chosen but not classified, by index: why (``crops.box_failure``).
     """
 
     item: InputFile
@@ -48,6 +50,8 @@ class LoadedImage:
     failure: str | None = None
     squares: list[Any] | None = None
     encoded: np.ndarray | None = None  # --decode gpu: the file's bytes, decoded on the GPU by the chunk
+    selected: list[int] | None = None
+    box_failures: dict[int, str] | None = None
 
 
 def read_item(item: InputFile) -> LoadedImage:

@@ -26,12 +26,14 @@ import numpy as np
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError
 from promptcam.results.megadetector import (
+    CropSelection,
     DetectorFile,
     category_ids,
     check_threshold,
-    qualifies,
+    mark_left_out,
+    select_crops,
 )
-from promptcam.runtime.crops import CROP_MARGIN
+from promptcam.runtime.crops import CROP_MARGIN, box_failure
 from promptcam.runtime.images import read_file_bytes
 from promptcam.runtime.model_input import model_input
 from promptcam.runtime.prediction import Prediction
@@ -47,9 +49,12 @@ from .options import DetectionOptions, RunOptions
 class DetectionPlan:
     """One ``--detections`` run: the detector file, its match to the inputs, and the per-chunk steps."""
 
-    def __init__(self, options: DetectionOptions, files: Sequence[InputFile]) -> None:
+    def __init__(self, options: DetectionOptions, files: Sequence[InputFile], *, run_names: bool = False) -> None:
         check_threshold(options.threshold)
         self.options = options
+        # several inputs: records keep the run's names (a folder's label first), as every other output does;
+        # the detector's spelling ("cam01/IMG_0001.JPG" relative to one of them) would not say which input
+        self.run_names = run_names
         self.detector: DetectorFile = load_detector_file(options.path)
         self.categories = category_ids(self.detector, options.categories)
         self.matching: Matching = match_inputs(files, self.detector, options.root)
@@ -81,32 +86,49 @@ class DetectionPlan:
         return part
 
     def selected(self, item: InputFile) -> list[int]:
-        """Indices of the detections of ``item`` that are classified."""
+        """Indices of the detections of ``item`` that are classified (at most ``MAX_CROPS_PER_PHOTO``)."""
+        return self._selection(item).selected
+
+    def _selection(self, item: InputFile) -> CropSelection:
         entry = self.matching.entries.get(item.key)
-        detections = (entry or {}).get("detections") or []
-        return [i for i, d in enumerate(detections) if qualifies(d, self.categories, self.options.threshold)]
+        return select_crops((entry or {}).get("detections") or [], self.categories, self.options.threshold)
 
     # -- the three per-chunk steps ------------------------------------------------------------
 
     def load_item(self, item: InputFile, config: ModelConfig, keep_preview: bool, *,
                   reduce: bool = True) -> LoadedImage:
-        """Decode one photo once and cut all its crops (in a worker thread); trouble becomes a failure."""
+        """Decode one photo once and cut all its crops (in a worker thread); trouble becomes a failure.
+
+        A chosen box with no pixels in the photo is not cut (``crops.box_failure``): known from the box
+        alone when nothing of it is inside, from the decoded size when less than a pixel is.
+        """
         entry = self.matching.entries.get(item.key)
         if entry is None:
             return LoadedImage(item, failure=f"{item.path}: not in the detections file {self.options.path}")
-        if entry.get("detections") is None:
+        detections = entry.get("detections")
+        if detections is None:
             return LoadedImage(item, failure=f"{item.path}: the detector failed on it "
                                              f"({entry.get('failure', 'no detections')})")
-        boxes = [entry["detections"][i]["bbox"] for i in self.selected(item)]
-        if not boxes:  # nothing to classify: the photo is not even read
+        chosen = self.selected(item)
+        failures = {i: reason for i in chosen if (reason := box_failure(detections[i]["bbox"])) is not None}
+        kept = [i for i in chosen if i not in failures]
+        if not kept:  # nothing to classify: the photo is not even read
             size = config.img_size
-            return LoadedImage(item, np.empty((0, size, size, 3), np.uint8), squares=[])
+            return LoadedImage(item, np.empty((0, size, size, 3), np.uint8), squares=[], selected=[],
+                               box_failures=failures)
         try:
-            photo = model_input(read_file_bytes(item.path), str(item.path), config, boxes=boxes,
-                                keep_preview=keep_preview, reduce=reduce)
+            photo = model_input(read_file_bytes(item.path), str(item.path), config,
+                                boxes=[detections[i]["bbox"] for i in kept], keep_preview=keep_preview, reduce=reduce)
         except ImageError as exc:
             return LoadedImage(item, failure=str(exc))
-        return LoadedImage(item, photo.pixels, photo.size, photo.preview, squares=photo.squares)
+        height, width = photo.size
+        small = {i: reason for i in kept if (reason := box_failure(detections[i]["bbox"], width, height)) is not None}
+        rows = [j for j, i in enumerate(kept) if i not in small]
+        pixels, squares = photo.pixels, photo.squares or []
+        if small:
+            pixels, squares = pixels[rows], [squares[j] for j in rows]
+        return LoadedImage(item, pixels, photo.size, photo.preview, squares=squares,
+                           selected=[kept[j] for j in rows], box_failures=failures | small)
 
     def predict(self, predictor: Predictor, loaded: list[LoadedImage], options: RunOptions,
                 batch: np.ndarray | None = None) -> dict[int, list[Prediction]]:
@@ -138,7 +160,7 @@ class DetectionPlan:
         record = base_record(item, failure)
         entry = self.matching.entries.get(item.key)
         if entry is not None:
-            record.file = entry["file"]
+            record.file = item.name if self.run_names else entry["file"]
             record.detections = entry.get("detections")
         return record
 
@@ -146,18 +168,27 @@ class DetectionPlan:
                 options: RunOptions, heatmap_files: dict[str, HeatmapFiles]) -> ImageRecord:
         entry = self.matching.entries[loaded.item.key]
         record = base_record(loaded.item)
-        record.file = entry["file"]  # the detector's spelling: Timelapse finds the photo by it
-        record.detections = entry["detections"]
+        if not self.run_names:
+            record.file = entry["file"]  # the detector's spelling: Timelapse finds the photo by it
+        record.detections = mark_left_out(entry["detections"], self._selection(loaded.item).left_out)
         if loaded.size is not None:
             record.height, record.width = loaded.size
-        crops = CropBoxes(self.selected(loaded.item), loaded.squares or [], loaded.size or (0, 0))
-        return record_prediction(record, predictions, predictor.class_names, preview=loaded.preview,
-                                 heatmaps=heatmap_files_of(loaded.item, options, heatmap_files), crops=crops)
+        selected = loaded.selected if loaded.selected is not None else self.selected(loaded.item)
+        crops = CropBoxes(selected, loaded.squares or [], loaded.size or (0, 0))
+        record = record_prediction(record, predictions, predictor.class_names, preview=loaded.preview,
+                                   heatmaps=heatmap_files_of(loaded.item, options, heatmap_files), crops=crops)
+        for index, reason in (loaded.box_failures or {}).items():
+            record.detections[index]["failure"] = reason  # the record's copy, not the detector file's entry
+        return record
 
 
-def build_plan(options: DetectionOptions, files: Sequence[InputFile], log: Callable[[str], None]) -> DetectionPlan:
-    """Read the detector file, match it to the inputs and say what did not match."""
-    plan = DetectionPlan(options, files)
+def build_plan(options: DetectionOptions, files: Sequence[InputFile], log: Callable[[str], None], *,
+               run_names: bool = False) -> DetectionPlan:
+    """Read the detector file, match it to the inputs and say what did not match.
+
+    ``run_names``: name records as the run does (several inputs), not as the detector file spells them.
+    """
+    plan = DetectionPlan(options, files, run_names=run_names)
     log(plan.matching.summary(options.path))
     for item in plan.matching.inputs_missing[:5]:
         log(f"  not in the detections file: {item.name}")

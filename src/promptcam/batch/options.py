@@ -49,6 +49,7 @@ class RunOptions:
     reduce_decode: bool = True  # JPEG DCT-domain reduction down to the size the model needs
     decode: str = "cpu"  # "gpu": nvImageCodec batches into GPU memory (gpu_decode), ORT CUDA reads them there
     compare: int = 0  # > 0: a sheet of the top-K classes' maps (and explain_class's) beside each heatmap
+    follow_links: bool = False  # follow symlinks in the input folders that lead out of them (refused otherwise)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class RunSummary:
     failed: int = 0
     resumed: int = 0
     skipped_non_images: int = 0
+    refused_links: int = 0  # symlinks in the input folders leading out of them, not followed
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
 

@@ -32,7 +32,7 @@ from .chunks import LoadedImage, classify_chunk, load_item
 from .detection_run import build_plan
 from .inputs import InputFile, collect_inputs
 from .options import RunOptions, RunSummary
-from .run import JOURNAL_NAME, chunk_files
+from .run import JOURNAL_NAME, chunk_files, inputs_info, log_refused_links
 from .run_state import check_identity, out_dir_lock, run_identity
 
 
@@ -119,7 +119,9 @@ def run_ray(model_dir: Path, options: RunOptions, ray_options: RayOptions, batch
     ray = _import_ray()
     started = time.perf_counter()
     manifest = read_manifest(model_dir)
-    files, skipped = collect_inputs(options.inputs)
+    collected = collect_inputs(options.inputs, follow_links=options.follow_links)
+    files, skipped = collected.files, collected.skipped
+    log_refused_links(collected.refused_links, log)
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     with out_dir_lock(out):
@@ -127,12 +129,13 @@ def run_ray(model_dir: Path, options: RunOptions, ray_options: RayOptions, batch
             raise PromptCamError(f"{out / JOURNAL_NAME} exists: pass --overwrite to start over (--ray does not "
                                  "resume)")
         identity = run_identity(manifest, model_dir, inputs=options.inputs, top_k=options.top_k,
-                                explain_class=options.explain_class, traits=options.traits, heatmaps=None)
+                                explain_class=options.explain_class, traits=options.traits, heatmaps=None,
+                                follow_links=options.follow_links)
         plan = None
         if options.detections is not None:
             if options.traits:
                 raise PromptCamError("--traits is not supported with --detections yet")
-            plan = build_plan(options.detections, files, log)
+            plan = build_plan(options.detections, files, log, run_names=len(options.inputs) > 1)
             identity |= plan.identity()
         check_identity(out, identity, resume=False)
         chunks = list(chunk_files(files, batch_size, {}))
@@ -156,7 +159,7 @@ def run_ray(model_dir: Path, options: RunOptions, ray_options: RayOptions, batch
         records.sort(key=lambda r: order[r.path])
         info = {"engine": f"ray x{ray_options.actors} {ray_options.engine}", "model_dir": str(model_dir),
                 "model_sha256": identity["model_sha256"], "precision": manifest.precision, "top_k": options.top_k,
-                "traits": options.traits} | (plan.info() if plan else {})
+                "traits": options.traits} | inputs_info(collected) | (plan.info() if plan else {})
         formats = [*options.formats, *(["parquet"] if ray_options.parquet and "parquet" not in options.formats
                                        else [])]
         outputs = write_outputs(records, out, manifest.config.class_names, formats, info,
@@ -164,6 +167,7 @@ def run_ray(model_dir: Path, options: RunOptions, ray_options: RayOptions, batch
                                 detector=plan.detector_facts() if plan else None)
     ok = sum(r.ok for r in records)
     summary = RunSummary(total=len(files), ok=ok, failed=len(records) - ok, skipped_non_images=len(skipped),
-                         seconds=time.perf_counter() - started, outputs=outputs)
+                         refused_links=len(collected.refused_links), seconds=time.perf_counter() - started,
+                         outputs=outputs)
     log(f"ray: {len(chunks)} chunks over {ray_options.actors} actor(s)")
     return summary

@@ -22,7 +22,7 @@ from promptcam.runtime.records import HeatmapFiles, ImageRecord
 
 from .chunks import LoadedImage, chunk_records, load_item, predict_loaded, predict_on_gpu, read_item
 from .detection_run import DetectionPlan, build_plan
-from .inputs import InputFile, assign_heatmap_paths, collect_inputs
+from .inputs import InputFile, Inputs, assign_heatmap_paths, collect_inputs
 from .options import RunOptions, RunSummary
 from .run_state import check_identity, out_dir_lock, run_identity
 
@@ -53,6 +53,24 @@ def read_previous(journal: Journal, log: Callable[[str], None]) -> dict[str, Ima
     return {r.path: r for r in records if r.path is not None}
 
 
+def log_refused_links(links: list[Path], log: Callable[[str], None]) -> None:
+    """Say which links out of the input folders were not followed (they are in no result file)."""
+    if not links:
+        return
+    log(f"skipping {len(links)} symbolic link(s) that lead out of the input folders (--follow-links reads them):")
+    for link in links[:5]:
+        log(f"  {link}")
+    if len(links) > 5:
+        log(f"  ... and {len(links) - 5} more")
+
+
+def inputs_info(collected: Inputs) -> dict[str, Any]:
+    """``classifier_metadata`` entries: the folder each name's first part (its label) stands for, when the
+    run has several inputs; the links refused."""
+    return ({"input_folders": collected.folders} if collected.folders else {}) | (
+        {"links_refused": len(collected.refused_links)} if collected.refused_links else {})
+
+
 def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], None] = print) -> RunSummary:
     """Classify (and explain) every image under ``options.inputs``; write the journal and result files.
 
@@ -75,16 +93,19 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         resume = options.resume and not options.overwrite
         # hashing the model file is set-up, like loading it: not part of the run's images per second
         identity = run_identity(predictor.manifest, predictor.model_dir, inputs=options.inputs, top_k=options.top_k,
-                                explain_class=options.explain_class, traits=options.traits, heatmaps=options.heatmaps)
+                                explain_class=options.explain_class, traits=options.traits, heatmaps=options.heatmaps,
+                                follow_links=options.follow_links)
         started = time.perf_counter()
-        files, skipped = collect_inputs(options.inputs)
+        collected = collect_inputs(options.inputs, follow_links=options.follow_links)
+        files, skipped = collected.files, collected.skipped
+        log_refused_links(collected.refused_links, log)
         plan: DetectionPlan | None = None
         if options.detections is not None:
-
-            plan = build_plan(options.detections, files, log)
+            plan = build_plan(options.detections, files, log, run_names=len(options.inputs) > 1)
             identity |= plan.identity()
         check_identity(options.out_dir, identity, resume=resume)
-        summary = RunSummary(total=len(files), skipped_non_images=len(skipped))
+        summary = RunSummary(total=len(files), skipped_non_images=len(skipped),
+                             refused_links=len(collected.refused_links))
         previous = read_previous(journal, log) if resume else {}
         todo = list(chunk_files(files, predictor.batch_size, previous))
         summary.resumed = len(files) - sum(len(c) for c in todo)
@@ -102,7 +123,8 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         summary.failed = len(records) - summary.ok
         info = {"engine": predictor.engine_description, "model_dir": str(predictor.model_dir),
                 "model_sha256": identity["model_sha256"], "precision": predictor.manifest.precision,
-                "top_k": options.top_k, "traits": options.traits} | (plan.info() if plan else {})
+                "top_k": options.top_k, "traits": options.traits} | inputs_info(collected)
+        info |= plan.info() if plan else {}
         summary.outputs = write_outputs(records, options.out_dir, predictor.class_names, options.formats, info,
                                         classifier=f"promptcam {predictor.config.arch}",
                                         detector=plan.detector_facts() if plan else None)

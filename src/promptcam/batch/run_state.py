@@ -23,8 +23,11 @@ RUN_NAME, LOCK_NAME = "run.json", ".promptcam-run.lock"
 
 
 def run_identity(manifest: Manifest, model_dir: Path, *, inputs: Sequence[Path], top_k: int,
-                 explain_class: str | None, traits: int, heatmaps: Path | None) -> dict[str, Any]:
-    """Everything that changes a run's records: the model file's sha256, the options, the input roots."""
+                 explain_class: str | None, traits: int, heatmaps: Path | None,
+                 follow_links: bool = False) -> dict[str, Any]:
+    """Everything that changes a run's records: the model file's sha256, the options, the input roots
+    and whether links out of them are followed (``None`` when not: a run.json written before that option
+    existed still resumes)."""
     return {
         "model_sha256": file_sha256(manifest.file(model_dir, "model")),
         "checkpoint_sha256": manifest.source.get("sha256"),
@@ -34,6 +37,7 @@ def run_identity(manifest: Manifest, model_dir: Path, *, inputs: Sequence[Path],
         "traits": traits,
         "inputs": [canonical_path(p) for p in inputs],
         "heatmaps": canonical_path(heatmaps) if heatmaps is not None else None,
+        "follow_links": True if follow_links else None,
     }
 
 

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("promptcam.cli.run:main", "Classify and explain images, a camera stream or a Ray batch."),
     "watch": ("promptcam.cli.watch:watch", "Field station: classify files dropped in an inbox."),
     "export-results": ("promptcam.cli.watch:export_results",
-                       "Write a station's SQLite results as MegaDetector JSON, CSV, JSONL or Parquet."),
+                       "Write a station database or run folder as MegaDetector JSON, CSV, JSONL, Parquet, Camtrap DP."),
     "bench": ("promptcam.benchmarks.cli:main", "Latency and agreement of every backend against eager PyTorch."),
     "review": ("promptcam.review.cli:main", "Review results with heatmaps in a local web page; correct labels."),
 }

@@ -21,7 +21,7 @@ from promptcam.runtime.options import (
 )
 from promptcam.station.stream import StreamOptions
 
-FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress")
+FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress", "follow_links")
 STREAM_OPTIONS = ("every", "on_motion", "db", "max_frames", "duration", "stall_timeout")
 RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
 
@@ -54,6 +54,9 @@ RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
                  help="fsync the journal every N images."),
     click.option("--resume", is_flag=True, help="Continue an interrupted run in --out."),
     click.option("--no-progress", is_flag=True, help="No progress bar."),
+    click.option("--follow-links", is_flag=True, default=RunOptions.follow_links,
+                 help="Also follow symbolic links in the input folders that lead out of them (by default such "
+                      "links are skipped, never read, and listed in the log; links that stay inside are followed)."),
 )
 @option_group(
     "Stream mode (--source)",
@@ -87,7 +90,8 @@ RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
     det_threshold_option,
     det_categories_option,
     click.option("--detections-root", type=click.Path(path_type=Path), default=None,
-                 help="Folder the detector file's relative paths start from (default: each input folder)."),
+                 help="Folder the detector file's relative paths start from (default: the input folder; with "
+                      "several inputs, the names the run gives, each folder's label first)."),
 )
 @option_group(
     "Decoding",
@@ -168,7 +172,7 @@ def files_options(inputs: tuple[Path, ...], o: CliValues) -> RunOptions:
                       explain_class=o.explain_class, traits=o.traits, checkpoint_every=o.checkpoint_every,
                       resume=o.resume, overwrite=o.overwrite, progress=not o.no_progress,
                       formats=(*DEFAULT_FORMATS, "parquet") if o.parquet else DEFAULT_FORMATS,
-                      detections=detections, decode=o.decode, compare=o.compare)
+                      detections=detections, decode=o.decode, compare=o.compare, follow_links=o.follow_links)
 
 
 def stream_options(o: CliValues) -> StreamOptions:
@@ -203,5 +207,8 @@ def check_mode(ctx: click.Context, inputs: tuple[Path, ...], source: str | None,
 def _report(summary) -> None:  # noqa: ANN001 - RunSummary
     click.echo(f"{summary.ok} classified, {summary.failed} failed, {summary.skipped_non_images} non-image "
                f"file(s) skipped in {summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s)")
+    if summary.refused_links:
+        click.echo(f"  {summary.refused_links} symbolic link(s) leading out of the input folders refused "
+                   "(--follow-links reads them)")
     for kind, path in summary.outputs.items():
         click.echo(f"  {kind}: {path}")

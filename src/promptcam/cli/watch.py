@@ -95,48 +95,92 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
     run_cli(body, verbose=verbose)
 
 
-@click.command()
+@grouped_command()
 @click.argument("db", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["megadetector", "csv", "jsonl", "parquet"]),
-              default="megadetector", show_default=True)
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+@click.option("--format", "fmt", type=click.Choice(["megadetector", "csv", "jsonl", "parquet", "camtrap-dp"]),
+              default="megadetector", show_default=True,
+              help="camtrap-dp: a Camtrap DP 1.0 data package (OUT is a folder; see docs/camtrap-dp.md).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="The result file (the package folder with --format camtrap-dp).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Model directory, for the class list of the MegaDetector file (default: classes seen in the rows).")
+              help="Model directory, for the class list (default: as recorded, else the classes seen in the rows) "
+                   "and, when the source does not record it, the model's sha256 (camtrap-dp classifiedBy).")
+@option_group(
+    "Camtrap DP (--format camtrap-dp)",
+    click.option("--taxa", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 help="CSV class,scientificName[,taxonID,taxonRank,vernacularName]: the taxon of each class."),
+    click.option("--deployments", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 help="CSV of Camtrap DP deployments fields (latitude, longitude, ...) keyed by folder (a camera "
+                      "folder of the photos) or deploymentID."),
+    click.option("--camera-depth", type=click.IntRange(min=1), default=None,
+                 help="A photo's camera is the first N folders of its name (default: all its folders)."),
+    click.option("--unknown-below", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="A top class probability below this is observationType unknown (no scientificName)."),
+    click.option("--media-prefix", default="", help="Put before each media filePath (a folder or a URL)."),
+    click.option("--public-media", is_flag=True, help="filePublic true (default false: not public)."),
+)
 @verbose_option
-def export_results(db: Path, fmt: str, out: Path, model_dir: Path | None, verbose: bool) -> None:
-    """Write the standard result files from a field-station SQLite database."""
+def export_results(db: Path, fmt: str, out: Path, model_dir: Path | None, taxa: Path | None,
+                   deployments: Path | None, camera_depth: int | None, unknown_below: float, media_prefix: str,
+                   public_media: bool, verbose: bool) -> None:
+    """Write the standard result files from a field-station SQLite database or a promptcam run folder."""
 
     def body() -> None:
+        from promptcam.core.atomic import file_sha256
         from promptcam.core.errors import PromptCamError
         from promptcam.core.manifest import read_manifest
+        from promptcam.results.export_source import load_source
         from promptcam.results.formats import class_names_seen, write_output
-        from promptcam.results.store import ResultStore
 
-        if not db.is_file():
-            raise PromptCamError(f"{db}: results database not found")
-        import sqlite3
-
-        try:
-            store = ResultStore(db)
-            try:
-                records = list(store.records())
-                # written by promptcam-watch --detections: the detector's categories, the model's classes
-                det_categories, stored_names = store.meta_json("detection_categories"), store.meta_json("class_names")
-            finally:
-                store.close()
-        except sqlite3.DatabaseError as exc:  # not a database, or damaged: one clear line, not a traceback
-            raise PromptCamError(f"{db}: cannot read the results database ({exc})") from exc
+        camtrap_only = {"--taxa": taxa, "--deployments": deployments, "--camera-depth": camera_depth,
+                        "--unknown-below": unknown_below or None, "--media-prefix": media_prefix or None,
+                        "--public-media": public_media or None}
+        given = [flag for flag, value in camtrap_only.items() if value is not None]
+        if fmt != "camtrap-dp" and given:
+            raise PromptCamError(f"{', '.join(given)}: only for --format camtrap-dp")
+        source = load_source(db)
+        records, model_sha = source.records, source.model_sha256
         if model_dir is not None:
-            config = read_manifest(model_dir).config
-            class_names, classifier = config.class_names, f"promptcam {config.arch}"
-        elif stored_names:
-            class_names, classifier = stored_names, "promptcam"
+            manifest = read_manifest(model_dir)
+            class_names, classifier = manifest.config.class_names, f"promptcam {manifest.config.arch}"
+            model_sha = model_sha or file_sha256(manifest.file(model_dir, "model"))
         else:
-            class_names, classifier = class_names_seen(records), "promptcam"
+            class_names, classifier = source.class_names or class_names_seen(records), source.classifier
+        if fmt == "camtrap-dp":
+            _camtrap_dp(source, class_names, model_sha)
+            return
         detector = None
         if any(r.detections is not None for r in records):  # per-detection output, as promptcam-run --detections
-            detector = {"detection_categories": det_categories or {}, "info": {}, "unmatched_entries": []}
-        write_output(fmt, out, records, class_names, {"database": str(db)}, classifier=classifier, detector=detector)
+            detector = {"detection_categories": source.detection_categories or {}, "info": {}, "unmatched_entries": []}
+        write_output(fmt, out, records, class_names, source.info, classifier=classifier, detector=detector)
         click.echo(f"wrote {len(records)} images to {out}")
+
+    def _camtrap_dp(source, class_names: list[str], model_sha: str | None) -> None:
+        from promptcam.results.camtrapdp import CamtrapOptions, Provenance, write_camtrap_dp
+        from promptcam.results.camtrapdp_tables import VERSION, read_deployments, read_taxa
+        from promptcam.results.export_source import fill_capture_times
+        from promptcam.results.megadetector import DEFAULT_THRESHOLD, MEGADETECTOR_CATEGORIES
+
+        if source.kind == "run":
+            fill_capture_times(source.records)  # EXIF DateTimeOriginal, as the station reads it
+        provenance = Provenance(
+            class_names=class_names, model_sha256=model_sha,
+            detection_categories=source.detection_categories or dict(MEGADETECTOR_CATEGORIES),
+            classified_at=source.completed_at, detector=source.detector,
+            det_threshold=DEFAULT_THRESHOLD if source.det_threshold is None else source.det_threshold,
+            source=f"{'the run folder' if source.kind == 'run' else 'the station database'} {db.name}")
+        options = CamtrapOptions(taxa=read_taxa(taxa) if taxa else {},
+                                 deployments=read_deployments(deployments) if deployments else {},
+                                 camera_depth=camera_depth, unknown_below=unknown_below, media_prefix=media_prefix,
+                                 public_media=public_media)
+        summary = write_camtrap_dp(out, source.records, provenance, options)
+        if model_sha is None:
+            summary.notes.append(f"{db}: the model's sha256 is not recorded; classifiedBy says 'sha256 unknown' "
+                                 "(pass --model MODEL_DIR, the model that classified, to name it)")
+        for note in summary.notes:
+            click.echo(f"note: {note}", err=True)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.observations.items()))
+        click.echo(f"wrote a Camtrap DP {VERSION} package to {out}: {summary.deployments} deployment(s), "
+                   f"{summary.media} media, {sum(summary.observations.values())} observation(s) ({kinds})")
 
     run_cli(body, verbose=verbose)

@@ -171,12 +171,13 @@ def write_detections_csv(path: Path, records: Iterable[ImageRecord], class_names
                 continue
             for index, det in enumerate(r.detections):
                 named = [(class_names[int(cid)], p) for cid, p in det.get("classifications") or []]
+                status = "classified" if named else "failed" if det.get("failure") else "unclassified"
                 writer.writerow([
-                    csv_text(r.file), "classified" if named else "unclassified", index,
+                    csv_text(r.file), status, index,
                     csv_text(detection_categories.get(det["category"], det["category"])), f"{det['conf']:.6f}",
                     " ".join(f"{v:.6f}" for v in det["bbox"]), csv_text(named[0][0]) if named else "",
                     f"{named[0][1]:.6f}" if named else "", csv_text(";".join(f"{n}:{p:.6f}" for n, p in named)),
-                    heat, "",
+                    heat, csv_text(str(det.get("failure") or "")),  # a box outside the photo: why
                 ])
         fh.flush()
         fh.detach()

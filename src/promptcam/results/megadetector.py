@@ -166,8 +166,11 @@ def select_crops(detections: Sequence[dict[str, Any]], categories: frozenset[str
 
 def mark_left_out(detections: Sequence[dict[str, Any]], left_out: Sequence[int]) -> list[dict[str, Any]]:
     """A copy of a photo's detections in which each of ``left_out`` says it was not classified (and has no
-    ``classifications``, even if the detector file brought some)."""
+    ``classifications``, even if the detector file brought some); no other detection carries the mark
+    (one the detector file brought is dropped)."""
     out = [dict(d) for d in detections]
+    for det in out:
+        det.pop(LEFT_OUT_KEY, None)
     for index in left_out:
         out[index].pop("classifications", None)
         out[index][LEFT_OUT_KEY] = LEFT_OUT_REASON

@@ -9,6 +9,11 @@ File names are stored losslessly: the ``file`` column holds a readable UTF-8 spe
 are not UTF-8 shown as ``\\xNN``), and ``file_raw`` the exact bytes when the two differ. A database
 that SQLite cannot open any more (a power cut on a card that lies about flushes) is moved aside as
 ``<name>.corrupt-<time>`` and a fresh one started, with one clear log line, by ``open_for_writing``.
+
+A row's identity is its content: (source, file, sha256). ``inode`` and ``ctime_ns`` remember which file
+on disk a row (or duplicate) was read from, so a station recognises a file it has read without reading
+it again (``known_files``): a file whose (name, size, mtime, inode, ctime) is not known is read and
+hashed, and content that already has a row from that very version is that row again (``find_seen``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,8 @@ CREATE TABLE IF NOT EXISTS results (
     file_raw BLOB,                     -- the exact name bytes, when they are not UTF-8
     move_error TEXT,                   -- why the file could not be moved (it stays in the inbox)
     detections TEXT,                   -- JSON: the detector's detections, classified (--detections sidecar)
+    inode INTEGER,                     -- the file it was read from (with ctime_ns): seen again, not re-read
+    ctime_ns INTEGER,
     UNIQUE (source, file, sha256)
 );
 CREATE INDEX IF NOT EXISTS results_taken ON results (taken_at);
@@ -72,13 +79,19 @@ CREATE TABLE IF NOT EXISTS duplicates (
     stored_path TEXT,
     moved INTEGER NOT NULL DEFAULT 0,
     move_error TEXT,
+    inode INTEGER,
+    ctime_ns INTEGER,
     UNIQUE (source, file, size, mtime_ns)
 );
 CREATE INDEX IF NOT EXISTS duplicates_stored ON duplicates (stored_path);
 """
 # columns added after schema version 1 shipped: added to older databases on open
-ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT", "detections": "TEXT"}
+ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT", "detections": "TEXT", "inode": "INTEGER",
+                 "ctime_ns": "INTEGER"}
+ADDED_DUPLICATE_COLUMNS = {"inode": "INTEGER", "ctime_ns": "INTEGER"}
 MOVE_TABLES = ("results", "duplicates")
+FileId = tuple[int, int]  # (st_ino, st_ctime_ns) of the file a row was read from
+FileKey = tuple[str, int, int, int | None, int | None]  # (file, size, mtime_ns, inode, ctime_ns)
 
 
 def name_to_db(name: str) -> tuple[str, bytes | None]:
@@ -113,10 +126,11 @@ class ResultStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
-        for column, kind in ADDED_COLUMNS.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
+        for table, added in (("results", ADDED_COLUMNS), ("duplicates", ADDED_DUPLICATE_COLUMNS)):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in added.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
@@ -153,39 +167,71 @@ class ResultStore:
     def close(self) -> None:
         self.db.close()
 
-    def add(self, rows: Iterable[ImageRecord], log: Callable[[str], None] | None = None) -> int:
+    def add(self, rows: Iterable[ImageRecord], log: Callable[[str], None] | None = None,
+            file_ids: Sequence[FileId | None] | None = None) -> int:
         """Insert a batch in one transaction; rows already present (same source, file, content) are kept.
 
         A row SQLite refuses (a value it cannot bind) is stored as a failure row in its place, and
         only if even that is refused is it left out (and logged): one bad row never drops the batch.
+        ``file_ids``: the (inode, ctime_ns) each row was read from, in the order of ``rows``.
         """
         sql = ("INSERT OR IGNORE INTO results (source, file, sha256, size, mtime_ns, taken_at, processed_at, status,"
                " failure, width, height, top1, top1_probability, top_k, probabilities, explained_class, trait_heads,"
-               " heatmap, stored_path, file_raw, detections)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               " heatmap, stored_path, file_raw, detections, inode, ctime_ns)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+        rows = list(rows)
+        ids = list(file_ids) if file_ids is not None else [None] * len(rows)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             before = self.db.total_changes
-            for row in rows:
+            for row, file_id in zip(rows, ids, strict=True):
+                identity = tuple(file_id) if file_id is not None else (None, None)
                 try:
-                    self.db.execute(sql, _values(row))
+                    self.db.execute(sql, _values(row) + identity)
                 except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.ProgrammingError, ValueError,
                         TypeError, OverflowError) as exc:
                     fallback = ImageRecord(source=row.source, file=row.file, sha256=row.sha256, size=row.size,
                                          mtime_ns=row.mtime_ns, stored_path=row.stored_path,
                                          failure=f"{db_text(row.file)}: result could not be stored ({exc})")
                     try:
-                        self.db.execute(sql, _values(fallback))
+                        self.db.execute(sql, _values(fallback) + identity)
                     except (sqlite3.InterfaceError, sqlite3.IntegrityError, sqlite3.ProgrammingError, ValueError,
                             TypeError, OverflowError) as again:
                         if log is not None:
                             log(f"{db_text(row.file)}: row left out, SQLite refused it ({again})")
             return self.db.total_changes - before
 
-    def known_files(self, source: str) -> set[tuple[str, int, int]]:
-        """(file, size, mtime_ns) of every row and duplicate of a source: files a restart need not hash again."""
-        return {(name_from_db(f, raw), size, mtime) for table in MOVE_TABLES for f, raw, size, mtime in self.db.execute(
-            f"SELECT file, file_raw, size, mtime_ns FROM {table} WHERE source=?", (source,))}
+    def known_files(self, source: str) -> set[FileKey]:
+        """(file, size, mtime_ns, inode, ctime_ns) of every row and duplicate of a source: the files a station
+        need not read again while they are these very files (a row of an older database has no inode:
+        its file is read once more and recognised, ``find_seen``)."""
+        return {(name_from_db(f, raw), size, mtime, inode, ctime)
+                for table in MOVE_TABLES for f, raw, size, mtime, inode, ctime in self.db.execute(
+                    f"SELECT file, file_raw, size, mtime_ns, inode, ctime_ns FROM {table} WHERE source=?", (source,))}
+
+    def find_seen(self, source: str, file: str, sha256: str, size: int, mtime_ns: int) -> tuple[str, int] | None:
+        """(table, id) of the row or duplicate made from this very version of a file (same name, content, size
+        and mtime): a file read again (its inode or ctime changed, or unknown to this database) that is
+        nothing new."""
+        text = db_text(file)
+        for table in MOVE_TABLES:
+            hit = self.db.execute(f"SELECT id FROM {table} WHERE source=? AND file=? AND sha256=? AND size=? "
+                                  "AND mtime_ns=? LIMIT 1", (source, text, sha256, size, mtime_ns)).fetchone()
+            if hit:
+                return table, hit[0]
+        return None
+
+    def set_file_ids(self, found: Iterable[tuple[str, int, FileId]]) -> None:
+        """Remember the file (inode, ctime_ns) rows or duplicates were seen as: ``(table, id, file id)``."""
+        found = list(found)
+        if not found:
+            return
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for table, row_id, (inode, ctime_ns) in found:
+                if table not in MOVE_TABLES:
+                    raise ValueError(f"not a table of rows: {table!r}")
+                self.db.execute(f"UPDATE {table} SET inode=?, ctime_ns=? WHERE id=?", (inode, ctime_ns, row_id))
 
     def find_row(self, source: str, file: str, sha256: str) -> tuple[int, str] | None:
         """(id, status) of the row of this exact file (name and content), if there is one."""
@@ -214,15 +260,17 @@ class ResultStore:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (db_text(key), value))
 
     def add_duplicates(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Record identical re-uploads (keys: result_id, source, file, sha256, size, mtime_ns, stored_path)."""
+        """Record identical re-uploads (keys: result_id, source, file, sha256, size, mtime_ns, stored_path, and
+        optionally inode, ctime_ns: the file it was read from)."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             for e in entries:
                 text, raw = name_to_db(e["file"])
                 self.db.execute("INSERT OR IGNORE INTO duplicates (result_id, source, file, file_raw, sha256, size,"
-                                " mtime_ns, seen_at, stored_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                " mtime_ns, seen_at, stored_path, inode, ctime_ns)"
+                                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 (e["result_id"], e["source"], text, raw, e["sha256"], e["size"], e["mtime_ns"],
-                                 utc_now(), db_text(e["stored_path"])))
+                                 utc_now(), db_text(e["stored_path"]), e.get("inode"), e.get("ctime_ns")))
 
     def is_claimed(self, stored_path: str) -> bool:
         """Whether a row (moved or still pending) already owns this archive path."""

@@ -15,6 +15,11 @@ Crop rule (the MegaDetector-family square crop, as ``megadetector.classification
 
 Crops are cut from one decode of the photo (``decode_image`` at the JPEG reduction that
 ``crop_reduction`` allows), so a photo with ten animals is decoded once.
+
+A box with no pixels in the photo (entirely outside it, or ending on its edge, so nothing is left
+after clipping) or less than ``MIN_BOX_PIXELS`` of them is not cropped: its crop would be black padding
+(or a smear of one pixel), and a class read from it would be noise. ``box_failure`` says why; the
+detection is recorded as failed with that reason.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from .heatmap import normalise_map
 
 CROP_MARGIN = 0.1  # of the box's longer side, on each side
+MIN_BOX_PIXELS = 1.0  # a box's area inside the photo, in full-size pixels, below which it is not classified
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,23 @@ def clip_box(bbox: Sequence[float]) -> tuple[float, float, float, float]:
     x0, y0 = min(max(x, 0.0), 1.0), min(max(y, 0.0), 1.0)
     x1, y1 = min(max(x + w, 0.0), 1.0), min(max(y + h, 0.0), 1.0)
     return x0, y0, x1 - x0, y1 - y0
+
+
+def box_failure(bbox: Sequence[float], width: int | None = None, height: int | None = None) -> str | None:
+    """Why a box cannot be classified, or None.
+
+    Without the photo's size only a box with nothing inside the photo is known (``"box outside the
+    photo"``); with it (``width`` x ``height``, any EXIF orientation: the area is the same), also a box
+    covering less than ``MIN_BOX_PIXELS`` of it.
+    """
+    _, _, w, h = clip_box(bbox)
+    if not (w > 0 and h > 0):  # also NaN
+        return "box outside the photo"
+    if width is not None and height is not None:
+        area = w * width * h * height
+        if area < MIN_BOX_PIXELS:
+            return f"box covers {area:.2g} pixel(s) of the photo, less than one pixel"
+    return None
 
 
 def crop_square(bbox: Sequence[float], width: int, height: int) -> CropSquare:

@@ -23,7 +23,7 @@ FORMATS = "JPEG, PNG, TIFF, BMP or WebP"
 JPEG_SCAN_LIMIT = 16 * 2**20
 JPEG_MAX_MARKERS = 65536
 _MARKER_PREFIX = re.compile(rb"\xff")
-_NOT_FILL = re.compile(rb"[^\xff]")
+_FILL_RUN = re.compile(rb"\xff*")
 
 
 def image_dimensions(data: bytes | memoryview | np.ndarray, name: str = "<bytes>") -> tuple[int, int]:
@@ -85,12 +85,12 @@ def _jpeg(data: bytes | memoryview, name: str) -> tuple[int, int] | None:
             pos = found.start()
             continue
         if data[pos + 1] == 0xFF:  # fill bytes: the marker is the first byte after the run
-            found = _NOT_FILL.search(data, pos + 1, limit)
-            if found is None:
+            after = _FILL_RUN.match(data, pos + 1, limit).end()
+            if after >= limit:
                 if limit < end:
                     raise _too_far(name, f"the first {JPEG_SCAN_LIMIT // 2**20} MiB")
                 return None
-            pos = found.start() - 1
+            pos = after - 1
             continue
         marker = data[pos + 1]
         if marker in JPEG_STANDALONE or marker == 0x00:

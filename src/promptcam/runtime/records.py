@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -167,8 +167,7 @@ def safe_components(name: str) -> list[str]:
     return parts or ["_"]
 
 
-@dataclass(frozen=True)
-class HeatmapFiles:
+class HeatmapFiles(NamedTuple):
     """Where one image's drawings go: the heatmap, the trait-head sheet and the class-comparison sheet."""
 
     heatmap: Path

@@ -8,13 +8,24 @@ first). A hard link would be cheaper but would leave the archived copy sharing i
 the inbox file, so an uploader rewriting that name in place would rewrite the archive too.
 Across file systems the bytes are copied to a temp name beside the target, fsynced, verified,
 linked (or renamed) into place, and only then is the original unlinked, if it is still the same
-content. Nothing is ever overwritten: a taken name gets a ``_N`` suffix. Data from a file (an
-EXIF date, a name) never chooses a path outside the archive roots: every destination is
-resolved and checked for containment.
+content. Nothing is ever overwritten: a taken name gets a ``_N`` suffix, and the move itself never
+replaces a file (``rename_noreplace``: ``renameat2(RENAME_NOREPLACE)``, else a hard link; a name
+made by someone else between the check and the move is kept). Data from a file (an EXIF date, a
+name) never chooses a path outside the archive roots: every destination is resolved and checked
+for containment.
+
+The inbox name can change under the archiver at any moment (an uploader renaming a new photo over
+it, rewriting it in place, a FIFO or a link put there). Nothing is opened that could block or follow
+a link (``O_NOFOLLOW | O_NONBLOCK``, regular files only), what was moved or copied is verified
+against the row afterwards, and content that is not the row's goes back to its inbox name (same
+file system) or its copy is removed (across file systems): it is read as a new file, never archived
+unclassified. The original is unlinked only while it is still the very file (inode, ctime) that
+was verified.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -34,6 +45,10 @@ MOVE_STEPS = ("commit", "copy", "verify", "unlink")
 EARLIEST_YEAR = 1990  # camera-trap dates before this are a reset clock, not a date
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+_OPEN_SAFE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+REPLACED = "was replaced by other content before it was archived"
+GONE = "is no longer in the inbox before it was archived"
 
 
 class MoveError(OSError):
@@ -72,8 +87,14 @@ def contained(path: Path, root: Path) -> bool:
 
 def file_identity(path: Path) -> tuple[int, str] | None:
     """(size, sha256) of a regular file (links not followed), or None when there is none."""
+    found = _identity_of(path)
+    return None if found is None else found[0]
+
+
+def _identity_of(path: Path) -> tuple[tuple[int, str], os.stat_result] | None:
+    """(size, sha256) of a regular file and its stat once read (links not followed, a FIFO never waited on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, _OPEN_SAFE)
     except OSError:
         return None
     try:
@@ -83,9 +104,57 @@ def file_identity(path: Path) -> tuple[int, str] | None:
         while chunk := os.read(fd, 1 << 20):
             digest.update(chunk)
             size += len(chunk)
-        return size, digest.hexdigest()
+        return (size, digest.hexdigest()), os.fstat(fd)
     finally:
         os.close(fd)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """The same file, unchanged since ``a`` (an in-place rewrite moves ctime; a rename over the name, the inode)."""
+    return (a.st_dev, a.st_ino, a.st_size, a.st_ctime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_ctime_ns)
+
+
+def _load_renameat2() -> object | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library before glibc 2.28
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _load_renameat2()
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` on one file system, never replacing a file at ``dst``.
+
+    ``renameat2(RENAME_NOREPLACE)``; where the file system refuses the flag, a hard link and an unlink
+    (the unlink only while ``src`` is still the linked file); without hard links either (FAT, exFAT
+    through some drivers) a rename after a check, the one case with a window left.
+
+    Raises:
+        FileExistsError: ``dst`` exists.
+        OSError: anything else the file system says.
+    """
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))  # EEXIST: FileExistsError
+    try:
+        os.link(src, dst, follow_symlinks=False)  # never replaces
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst)) from exc
+        os.rename(src, dst)
+        return
+    if _same_file(os.lstat(src), os.lstat(dst)):
+        os.unlink(src)
 
 
 def makedirs_durable(folder: Path) -> None:
@@ -139,51 +208,109 @@ class Archiver:
             return
         want = (move.size, move.sha256)
         if file_identity(dst) == want:  # a kill after the copy: finish from where it stopped
-            if file_identity(src) == want:
-                self._unlink(src)
+            self._unlink_if(src, want)
             self.store.mark_moved(move)
             return
         if file_identity(src) != want:
-            gone = "is no longer in the inbox" if not src.exists() else "was replaced by other content"
-            self.log(f"{db_text(move.file)}: {gone} before it was archived; nothing to move")
-            self.store.mark_moved(move, error=f"{db_text(move.file)} {gone} before it was archived")
+            self._not_there(move, src)
             return
-        if dst.exists() or dst.is_symlink():  # someone else's file: never overwrite it
+        if os.path.lexists(dst):  # someone else's file: never overwrite it
             dst = self._free(dst, move)
         makedirs_durable(dst.parent)
-        if os.stat(src).st_dev == os.stat(dst.parent).st_dev:
-            _fsync_file(src)  # the uploader may never have flushed it
-            os.rename(src, dst)  # copy and unlink in one atomic step
+        # from the check above to the move, the name can be given other content (or a FIFO, or a link):
+        # nothing below blocks or follows a link, and what moved is verified before the row says so
+        if os.lstat(src).st_dev == os.stat(dst.parent).st_dev:
+            if not _fsync_regular(src):  # the uploader may never have flushed it
+                self._not_there(move, src)
+                return
+            dst = self._rename_free(src, dst, move)  # copy and unlink in one atomic step
             fsync_dir(dst.parent)
             fsync_dir(src.parent)
             fault_point("copy")
-            if file_identity(dst) != want:
-                raise MoveError(f"{dst} does not match its row (size/sha256) after the rename")
+            if file_identity(dst) != want:  # swapped in after the check: not this row's, back where it was
+                self._put_back(dst, src, move)
+                return
             fault_point("verify")
         else:
             dst = self._copy_bytes(src, dst, move)
+            if dst is None:
+                self._not_there(move, src)
+                return
             fault_point("copy")
             if file_identity(dst) != want:
-                raise MoveError(f"the copy at {dst} does not match the original (size/sha256)")
+                self._unlink(dst)  # our own copy, linked into place a moment ago
+                if file_identity(src) != want:  # swapped in after the check: it stays in the inbox
+                    self._not_there(move, src)
+                    return
+                raise MoveError(f"the copy at {dst} did not match the original (size/sha256); removed")
             fault_point("verify")
-            if file_identity(src) == want:  # not rewritten in place since it was copied
-                self._unlink(src)
+            self._unlink_if(src, want)  # only the very file that was copied, not a new one at its name
         fault_point("unlink")
         self.store.mark_moved(move)
+
+    def _not_there(self, move: PendingMove, src: Path) -> None:
+        """The row's file is not at its inbox name any more: the move is finished, without a move."""
+        gone = REPLACED if os.path.lexists(src) else GONE
+        self.log(f"{db_text(move.file)}: {gone}; nothing to move")
+        self.store.mark_moved(move, error=f"{db_text(move.file)} {gone}")
+
+    def _put_back(self, dst: Path, src: Path, move: PendingMove) -> None:
+        """Content renamed into the archive that is not the row's goes back to its inbox name (read there as
+        a new file); were that name taken again meanwhile, it stays beside the archive's under a free name."""
+        try:
+            rename_noreplace(dst, src)
+            where = "put back in the inbox"
+        except FileExistsError:
+            where = f"left at {dst} (its inbox name was taken again)"
+        fsync_dir(src.parent)
+        fsync_dir(dst.parent)
+        self.log(f"{db_text(move.file)}: {REPLACED}; the new content was {where}, not archived")
+        self.store.mark_moved(move, error=f"{db_text(move.file)} {REPLACED}")
+
+    def _rename_free(self, src: Path, dst: Path, move: PendingMove) -> Path:
+        """``rename_noreplace`` to ``dst``, or to a free name beside it when that is taken meanwhile."""
+        while True:
+            try:
+                rename_noreplace(src, dst)
+                return dst
+            except FileExistsError:
+                dst = self._free(dst, move)
+
+    def _unlink_if(self, src: Path, want: tuple[int | None, str]) -> None:
+        """Unlink the inbox file if it is (still) the row's content, and still the very file that was hashed."""
+        found = _identity_of(src)
+        if found is None or found[0] != want:
+            return
+        try:
+            now = os.lstat(src)
+        except FileNotFoundError:
+            return
+        if _same_file(found[1], now):
+            self._unlink(src)
 
     def _free(self, dst: Path, move: PendingMove) -> Path:
         dst = free_name(dst, lambda p: self.store.is_claimed(str(p)))
         self.store.set_stored_path(move, str(dst))
         return dst
 
-    def _copy_bytes(self, src: Path, dst: Path, move: PendingMove) -> Path:
-        """A durable copy of ``src`` at ``dst`` (or a free name beside it); returns where it went."""
+    def _copy_bytes(self, src: Path, dst: Path, move: PendingMove) -> Path | None:
+        """A durable copy of ``src`` at ``dst`` (or a free name beside it); returns where it went (None: ``src``
+        is not a regular file now)."""
         tmp = dst.with_name(f".promptcam-{move.table[0]}{move.id}.part")  # per row: a replay reuses it
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
+        try:
+            fd = os.open(src, _OPEN_SAFE)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):  # a link, gone, a socket
+                return None
+            raise
+        with os.fdopen(fd, "rb") as fin:
+            if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+                return None
+            with open(tmp, "wb") as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
         try:
             while True:
                 try:
@@ -209,9 +336,17 @@ class Archiver:
         fsync_dir(src.parent)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync_regular(path: Path) -> bool:
+    """fsync a regular file's data; False when ``path`` is not one (a link, a FIFO, a device, gone): it is
+    opened without following links or waiting for a writer."""
     try:
+        fd = os.open(path, _OPEN_SAFE)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         os.fsync(fd)
+        return True
     finally:
         os.close(fd)

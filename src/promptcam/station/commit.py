@@ -47,26 +47,30 @@ class Committer:
     def commit(self, taken: Sequence[Taken]) -> None:
         """The rows and duplicates of one batch: destinations decided, one transaction, the log, the moves."""
         claimed: set[str] = set()
-        rows = [t.row for t in taken if t.row is not None]
-        for item in taken:
-            if item.row is not None and not item.unreadable:
+        with_rows = [t for t in taken if t.row is not None]
+        for item in with_rows:
+            if not item.unreadable:
                 item.row.stored_path = self.destination(item.rel, item.row.failure is None, item.row.taken_at,
                                                         claimed)
-        self.store.add(rows, log=self.log)  # one transaction: these images are now done
+        # one transaction: these images are now done (and which file each was read from)
+        self.store.add([t.row for t in with_rows], log=self.log, file_ids=[t.file_id for t in with_rows])
         fault_point("commit")
         self.sync_jsonl()
         duplicates = [self.duplicate_entry(t, claimed) for t in taken if t.duplicate is not None]
         if duplicates:
             self.store.add_duplicates(duplicates)
             self.log(f"{len(duplicates)} identical re-upload(s) recorded as duplicates, not classified again")
+        # files read again that are their own entry (a new inode or ctime): remembered, nothing else
+        self.store.set_file_ids((*t.seen, t.file_id) for t in taken if t.seen is not None and t.file_id is not None)
         for move in self.store.pending_moves(self.source, with_errors=False):
             self.finish_move(move)
 
     def duplicate_entry(self, item: Taken, claimed: set[str]) -> dict[str, Any]:
         rel, size, mtime_ns = item.version
         dup = item.duplicate
+        inode, ctime_ns = item.file_id or (None, None)
         return {"result_id": dup.result_id, "source": self.source, "file": rel, "sha256": dup.sha256,
-                "size": size, "mtime_ns": mtime_ns,
+                "size": size, "mtime_ns": mtime_ns, "inode": inode, "ctime_ns": ctime_ns,
                 "stored_path": self.destination(rel, dup.ok, dup.taken_at, claimed)}
 
     def destination(self, rel: str, ok: bool, taken_at: str | None, claimed: set[str]) -> str | None:

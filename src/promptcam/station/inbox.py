@@ -32,6 +32,7 @@ from typing import Any
 import cv2
 
 from promptcam.core.errors import ImageError, PromptCamError
+from promptcam.results.megadetector import MAX_CROPS_PER_PHOTO
 from promptcam.results.store import ResultStore
 from promptcam.runtime.predictor import Predictor
 from promptcam.runtime.records import CropBoxes, ImageRecord, db_text, heatmap_paths, record_prediction
@@ -66,7 +67,8 @@ class InboxWatcher:
         sidecars = options.detections
         self.scanner = InboxScanner(self.inbox, excluded, self.store.known_files(self.source), options.settle,
                                     sidecars.wait if sidecars else None, log)
-        self.intake = Intake(self.source, predictor.config, find_row=self.store.find_row, sidecars=sidecars,
+        self.intake = Intake(self.source, predictor.config, find_row=self.store.find_row,
+                             find_seen=self.store.find_seen, sidecars=sidecars,
                              keep_preview=self.heatmap_root is not None, young=self._young, fail=self._failed,
                              categories=self.store.meta_json("detection_categories") if sidecars else None)
         self.committer = Committer(self.inbox, self.source, self.store, archive_root=archive_root,
@@ -205,9 +207,8 @@ class InboxWatcher:
         if self.committer.last_error is not None:
             self.status.last_error, self.committer.last_error = self.committer.last_error, None
         for item in taken:
-            if item.not_ready is None:  # the version the row was made from: a file changed since is new content
-                self.scanner.done(item.path, item.version,
-                                  sidecar_paths(item.path) if self.options.detections else ())
+            if item.not_ready is None:  # the file the row was made from: a file changed since is read again
+                self.scanner.done(item.path, item.key, sidecar_paths(item.path) if self.options.detections else ())
         rows = [t.row for t in taken if t.row is not None]
         failed = sum(r.failure is not None for r in rows)
         self.counts.processed += len(rows) - failed
@@ -224,12 +225,12 @@ class InboxWatcher:
 
     def _decoding(self, pool: ThreadPoolExecutor,
                   reads: list[Future[tuple[Taken, Any, Any]]]) -> list[tuple[Taken, Future[Taken] | None]]:
-        """The read files, each with its decode started in the workers; the duplicate lookup (SQLite) is made
-        here, on the watcher's thread, and a duplicate or a failed read is not decoded."""
+        """The read files, each with its decode started in the workers; the store lookups (SQLite) are made
+        here, on the watcher's thread, and a file seen before, a duplicate or a failed read is not decoded."""
         started = []
         for read in reads:
             taken, data, _ = read.result()
-            needs_decode = data is not None and taken.row is not None and not self.intake.duplicate_of(taken)
+            needs_decode = self.intake.needs_decode(taken) and data is not None
             started.append((taken, pool.submit(self.intake.decode, taken, data) if needs_decode else None))
         return started
 
@@ -272,6 +273,9 @@ class InboxWatcher:
             self.status.last_error = f"{db_text(item.rel)}: heatmap not written ({exc})"
             self.log(self.status.last_error)
         item.photo = None  # the decode is not needed once drawn
+        if item.left_out:
+            self.log(f"{db_text(item.rel)}: {item.left_out} qualifying detection(s) left unclassified (at most "
+                     f"{MAX_CROPS_PER_PHOTO} crops a photo, the most confident; marked in the row's detections)")
 
     # -- helpers of the parts --------------------------------------------------------------------
 

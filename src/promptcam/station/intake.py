@@ -1,10 +1,15 @@
 """Reading one ready inbox file: its bytes, content hash, capture time, sidecar and decode, into a ``Taken``.
 
 Every file ends as exactly one of: a row to commit (classified later, or failed now), a duplicate of
-an earlier row (an identical re-upload: recorded, not classified again), or "not ready" (it looks
+an earlier row (an identical re-upload: recorded, not classified again), a file seen before (the very
+version of a row or duplicate, read again because its inode or ctime is new to the station: its
+entry remembers the new ones, nothing else is recorded), or "not ready" (it looks
 half-written and is young: an empty file, a JPEG without its end marker, a PNG without ``IEND``, a
 file that does not decode, a sidecar that is not complete JSON). Nothing here raises for a bad file.
-Decoding goes through the one image path (``runtime.model_input``).
+Decoding goes through the one image path (``runtime.model_input``), within its pixel budget
+(``DECODE_BUDGET``); what a read file keeps until its batch is recorded is its model pixels and, with
+heatmaps, a preview of heatmap size (``heatmap_preview``): never its full-size decode, so the memory
+of the batch in flight and of the next one (decoded ahead) does not grow with the photos' size.
 """
 
 from __future__ import annotations
@@ -17,20 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError, PromptCamError
-from promptcam.results.megadetector import category_ids, qualifies
+from promptcam.results.megadetector import category_ids, mark_left_out, select_crops
+from promptcam.results.store import FileId, FileKey
 from promptcam.runtime.exif import exif_datetime
 from promptcam.runtime.images import check_dimensions, read_regular_file
-from promptcam.runtime.model_input import ModelInput, model_input
+from promptcam.runtime.model_input import HEATMAP_PREVIEW_SIDE, ModelInput, model_input
 from promptcam.runtime.records import ImageRecord, db_text
 
 from .archive import valid_taken_at
 from .options import SidecarOptions
-from .readiness import FileVersion
-from .sidecar import Sidecar, SidecarIncomplete, find_sidecar, parse_sidecar, sidecar_paths
+from .readiness import FileVersion, file_key
+from .sidecar import Sidecar, SidecarIncomplete, find_sidecar, parse_sidecar, read_sidecar, sidecar_paths
 
 PNG_END = b"IEND\xaeB`\x82"
 
@@ -50,27 +57,41 @@ class Taken:
     """What reading one ready file gave.
 
     Attributes:
-        version: (name, size, mtime) as read: the row's identity in the scan.
+        version: (name, size, mtime) as read.
+        key: ``version`` with the file's (inode, ctime): how the scan recognises it once it has its entry.
         row: The row to commit (None for a duplicate or a file not ready).
         photo: The decoded model input (whole image, or the crops of the selected detections).
         selected: ``--detections``: the classified detections' indices in ``row.detections``.
+        left_out: ``--detections``: how many qualifying detections ``MAX_CROPS_PER_PHOTO`` left unclassified.
         duplicate: Set for an identical re-upload.
+        seen: (table, id) of the row or duplicate this very file already has (``seen_before``).
+        read_failure: Why the file could not be taken (unreadable, empty): its failed row is made unless
+            it was ``seen`` (``needs_decode``).
         not_ready: Why the file is looked at again later.
         unreadable: The file could not be read (no content hash; it is not moved).
     """
 
     path: Path
     version: FileVersion
+    key: FileKey | None = None
     row: ImageRecord | None = None
     photo: ModelInput | None = None
     selected: list[int] = field(default_factory=list)
+    left_out: int = 0
     duplicate: Duplicate | None = None
+    seen: tuple[str, int] | None = None
+    read_failure: str | None = None
     not_ready: str | None = None
     unreadable: bool = False
 
     @property
     def rel(self) -> str:
         return self.version[0]
+
+    @property
+    def file_id(self) -> FileId | None:
+        """(inode, ctime_ns) of the file as read."""
+        return None if self.key is None else (self.key[3], self.key[4])
 
 
 def upload_incomplete(data: np.ndarray | bytes) -> str | None:
@@ -98,6 +119,7 @@ class Intake:
         source: The inbox (the rows' ``source``).
         config: The model's config (its input size).
         find_row: ``(source, file, sha256) -> (row id, status) | None``: an earlier row of this content.
+        find_seen: ``(source, file, sha256, size, mtime_ns) -> (table, id) | None``: the entry of this version.
         sidecars: ``--detections sidecar`` settings (None: whole images).
         keep_preview: Heatmaps are drawn (keep a preview of each decode).
         young: ``(path, mtime in seconds) -> bool``: the file may still be being written.
@@ -106,12 +128,13 @@ class Intake:
     """
 
     def __init__(self, source: str, config: ModelConfig, *, find_row: Callable[[str, str, str], Any],
-                 sidecars: SidecarOptions | None, keep_preview: bool,
+                 find_seen: Callable[..., tuple[str, int] | None], sidecars: SidecarOptions | None, keep_preview: bool,
                  young: Callable[[Path, float], bool],
                  fail: Callable[..., ImageRecord], categories: dict[str, str] | None = None) -> None:
         self.source = source
         self.config = config
         self.find_row = find_row
+        self.find_seen = find_seen
         self.sidecars = sidecars
         self.keep_preview = keep_preview
         self.young = young
@@ -133,17 +156,48 @@ class Intake:
             sha = hashlib.sha256(f"unreadable:{rel}".encode("utf-8", "surrogateescape")).hexdigest()
             version = (rel, st.st_size, st.st_mtime_ns)
             reason = str(exc).replace(str(path), shown, 1)
-            return Taken(path, version, row=self.fail(version, sha, reason), unreadable=True), None, None
+            return Taken(path, version, file_key(version, st), row=self._row(version, sha), read_failure=reason,
+                         unreadable=True), None, None
         version = (rel, st.st_size, st.st_mtime_ns)
+        key = file_key(version, st)
         incomplete = upload_incomplete(data)
         if incomplete is not None and self.young(path, st.st_mtime):
-            return Taken(path, version, not_ready=incomplete), None, None
+            return Taken(path, version, key, not_ready=incomplete), None, None
         sha = hashlib.sha256(data).hexdigest()
         if not len(data):
-            return Taken(path, version, row=self.fail(version, sha, f"{shown}: zero-byte file")), None, None
+            return Taken(path, version, key, row=self._row(version, sha),
+                         read_failure=f"{shown}: zero-byte file"), None, None
         taken_at = valid_taken_at(exif_datetime(memoryview(data)), st.st_mtime)
-        return Taken(path, version, row=ImageRecord(source=self.source, file=rel, sha256=sha, size=st.st_size,
+        return Taken(path, version, key, row=ImageRecord(source=self.source, file=rel, sha256=sha, size=st.st_size,
                                                     mtime_ns=st.st_mtime_ns, taken_at=taken_at)), data, taken_at
+
+    def _row(self, version: FileVersion, sha: str) -> ImageRecord:
+        rel, size, mtime_ns = version
+        return ImageRecord(source=self.source, file=rel, sha256=sha, size=size, mtime_ns=mtime_ns)
+
+    def needs_decode(self, taken: Taken) -> bool:
+        """After ``read``, on the watcher's thread (it reads the store): whether the file is new content to
+        decode. A file seen before is not (``seen``), nor an identical re-upload (``duplicate``), nor a
+        file that could not be read or is empty (its failed row is made here, and logged once)."""
+        if taken.row is None:
+            return False
+        if self.seen_before(taken):
+            return False
+        if taken.read_failure is not None:
+            taken.row = self.fail(taken.version, taken.row.sha256, taken.read_failure)
+            return False
+        return not self.duplicate_of(taken)
+
+    def seen_before(self, taken: Taken) -> bool:
+        """Whether a read file is the very version of a row or duplicate (name, content, size and mtime): its
+        inode or ctime was new to the station (an older database, a copy put back, a chmod), and it is
+        that entry again, not a new one."""
+        rel, size, mtime_ns = taken.version
+        found = self.find_seen(self.source, rel, taken.row.sha256, size, mtime_ns)
+        if found is None:
+            return False
+        taken.seen, taken.row = found, None
+        return True
 
     def duplicate_of(self, taken: Taken) -> bool:
         """Whether a read file is an identical re-upload of a row (the store is read on the caller's thread)."""
@@ -185,6 +239,8 @@ class Intake:
                 return taken
             return self._failed(taken, str(exc))
         row.height, row.width = taken.photo.size
+        if taken.photo.preview is not None:
+            taken.photo.preview = heatmap_preview(taken.photo.preview)
         return taken
 
     def _failed(self, taken: Taken, reason: str) -> Taken:
@@ -211,9 +267,9 @@ class Intake:
             self._failed(taken, f"{shown}: no detection sidecar ({looked}) within --sidecar-wait {wait:g} s")
             return None
         try:
-            raw, sst = read_regular_file(sidecar_path, follow_links=False, allow_empty=True)
+            raw, sst = read_sidecar(sidecar_path)  # refused unread above MAX_SIDECAR_BYTES
             try:
-                sidecar = parse_sidecar(sidecar_path, raw.tobytes(), path.name)
+                sidecar = parse_sidecar(sidecar_path, raw, path.name)
             except SidecarIncomplete as exc:
                 if self.young(sidecar_path, sst.st_mtime):
                     taken.not_ready, taken.row = str(exc), None
@@ -228,10 +284,22 @@ class Intake:
             self._failed(taken, f"{shown}: the detector failed on it ({sidecar.failure or 'no detections'}; "
                                 f"{db_text(str(sidecar_path))})")
             return None
-        taken.row.detections = [dict(d) for d in sidecar.detections]
-        taken.selected = [i for i, d in enumerate(taken.row.detections)
-                          if qualifies(d, wanted, self.sidecars.threshold)]
+        chosen = select_crops(sidecar.detections, wanted, self.sidecars.threshold)
+        taken.row.detections = mark_left_out(sidecar.detections, chosen.left_out)
+        taken.selected, taken.left_out = chosen.selected, len(chosen.left_out)
         return [taken.row.detections[i]["bbox"] for i in taken.selected]
+
+
+def heatmap_preview(rgb: np.ndarray) -> np.ndarray:
+    """The preview a station keeps for a photo's heatmap: reduced by the largest of 1/2, 1/4, 1/8 that keeps
+    its long side at least ``HEATMAP_PREVIEW_SIDE``, as a JPEG's reduced decode is (``model_input``), for
+    every format: a 9 MP PNG keeps 1500 x 1500 (6.75 MB), not its 27 MB decode, until its batch is drawn."""
+    height, width = rgb.shape[:2]
+    for reduction in (8, 4, 2):
+        if max(height, width) / reduction >= HEATMAP_PREVIEW_SIDE:
+            size = (max(1, -(-width // reduction)), max(1, -(-height // reduction)))
+            return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return rgb
 
 
 def file_is_young(mtime: float, quiet_for: float, incomplete_wait: float) -> bool:

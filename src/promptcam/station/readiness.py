@@ -5,6 +5,12 @@ close-write event only wakes the scan early: FTP ``APPE`` and SMB writers close 
 and, with ``--detections sidecar``, its sidecar is there and quiet too, or was waited for long enough.
 Only regular files are taken: symlinks, FIFOs and devices are skipped and reported once, never followed.
 One scan lists every ready file, so a backlog of N files costs one walk per N / batch files, not per batch.
+
+A file that has its row is recognised by its ``FileKey``: (name, size, mtime, inode, ctime), from one
+``lstat``, and not read again. Name, size and mtime alone do not say a file is the same photo (a
+reformatted card and a reset camera clock give a new IMG_0001.JPG of the same size and time); a new
+inode or ctime (a new file, or one rewritten in place: ``utime`` cannot set ctime back) makes it read
+and hashed again, and its content decides (a new row, or its own row recognised: ``Intake.seen_before``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from promptcam.results.store import FileKey
 from promptcam.runtime.images import is_image_path
 from promptcam.runtime.records import db_text
 
@@ -25,6 +32,11 @@ from .sidecar import find_sidecar, is_sidecar_name
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", ".uploading", "~")
 
 FileVersion = tuple[str, int, int]  # (inbox-relative name, size, mtime_ns): what a row was made from
+
+
+def file_key(version: FileVersion, st: os.stat_result) -> FileKey:
+    """The version with the file's (inode, ctime): what a station recognises a file it has read by."""
+    return (*version, st.st_ino, st.st_ctime_ns)
 
 
 @dataclass
@@ -78,11 +90,11 @@ class InboxScanner:
     Args:
         inbox: The resolved inbox folder.
         excluded: Output folders inside the inbox (left out of the walk).
-        known: The versions that already have a row (updated by the watcher as it commits).
+        known: The files that already have a row, by ``FileKey`` (updated by the watcher as it commits).
         sidecar_wait: With ``--detections sidecar``: how long a settled photo waits for its sidecar (None: off).
     """
 
-    def __init__(self, inbox: Path, excluded: set[str], known: set[FileVersion], settle: float,
+    def __init__(self, inbox: Path, excluded: set[str], known: set[FileKey], settle: float,
                  sidecar_wait: float | None, log: Callable[[str], None]) -> None:
         self.inbox = inbox
         self.excluded = excluded
@@ -133,7 +145,7 @@ class InboxScanner:
         if not stat.S_ISREG(st.st_mode):
             return self.report(rel, "not a regular file")
         present.add(path)
-        if (rel, st.st_size, st.st_mtime_ns) in self.known:
+        if file_key((rel, st.st_size, st.st_mtime_ns), st) in self.known:
             self.tracker.forget(path)
             return None
         settled = self.tracker.observe(path, st.st_size, st.st_mtime_ns, now)
@@ -161,9 +173,11 @@ class InboxScanner:
         present.add(sidecar)
         return self.tracker.observe(sidecar, st.st_size, st.st_mtime_ns, now) and image_settled
 
-    def done(self, path: Path, version: FileVersion, sidecars: tuple[Path, ...] = ()) -> None:
-        """A file has its row (or duplicate entry): never taken again in this version."""
-        self.known.add(version)
+    def done(self, path: Path, key: FileKey | None, sidecars: tuple[Path, ...] = ()) -> None:
+        """A file has its row (or duplicate entry): never taken again while it is this very file (``key``;
+        None: a file that vanished while it was read is looked at afresh)."""
+        if key is not None:
+            self.known.add(key)
         self.tracker.forget(path)
         self.sidecar_since.pop(path, None)
         for sidecar in sidecars:

@@ -16,6 +16,9 @@ and takes the first that exists. A sidecar is one of:
 Both are checked by the batch-file checks of ``detections`` (categories, ``conf`` in [0, 1], the
 ``bbox`` quadruple). A sidecar that is not complete JSON is treated as still being written
 (``SidecarIncomplete``); complete JSON of the wrong shape is a ``PromptCamError`` naming the file.
+A sidecar above ``MAX_SIDECAR_BYTES`` is refused from its size, before a byte of it is read
+(``read_sidecar``), and of its detections at most ``MAX_CROPS_PER_PHOTO`` are classified
+(``results.megadetector.select_crops``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ from promptcam.station.archive import free_name, makedirs_durable
 
 DETECTION_MODES = ("sidecar",)  # room for a detector file that grows ("growing"), not built yet
 SIDECAR_SUFFIX = ".json"
-MAX_SIDECAR_BYTES = 16 * 2**20  # one image's boxes are a few kB
+MAX_SIDECAR_BYTES = 16 * 2**20  # one image's boxes are a few kB: a larger sidecar is refused unread
 
 
 class SidecarIncomplete(PromptCamError):
@@ -76,6 +80,44 @@ def find_sidecar(image: Path) -> Path | None:
 def is_sidecar_name(name: str) -> bool:
     """Whether an inbox file name is a sidecar's (never an image)."""
     return name.lower().endswith(SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: Path) -> tuple[bytes, os.stat_result]:
+    """A sidecar's bytes and stat: a regular file (a link is not followed, a FIFO does not block), refused
+    from its size above ``MAX_SIDECAR_BYTES`` before anything is read, and never more than that read (a
+    file that grows while it is read is refused too).
+
+    Raises:
+        PromptCamError: naming the sidecar (and the limit).
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise PromptCamError(f"{path}: cannot read detection sidecar ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PromptCamError(f"{path}: detection sidecar is not a regular file")
+        if st.st_size > MAX_SIDECAR_BYTES:
+            raise _too_big(path, st.st_size)
+        chunks, size = [], 0
+        while size <= MAX_SIDECAR_BYTES and (chunk := os.read(fd, min(1 << 20, MAX_SIDECAR_BYTES + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_SIDECAR_BYTES:
+            raise _too_big(path, size, growing=True)
+        return b"".join(chunks), st
+    except OSError as exc:
+        raise PromptCamError(f"{path}: cannot read detection sidecar ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+
+
+def _too_big(path: Path, size: int, *, growing: bool = False) -> PromptCamError:
+    what = "grew above" if growing else f"is {size} bytes, above"
+    return PromptCamError(f"{path}: detection sidecar {what} the {MAX_SIDECAR_BYTES // 2**20} MiB limit "
+                          "(MAX_SIDECAR_BYTES); not read")
 
 
 def parse_sidecar(path: Path, data: bytes, image_name: str) -> Sidecar:

@@ -99,8 +99,8 @@ def test_boxes_outside_are_failed_detections(predictor, photos, tmp_path, monkey
             assert "failure" not in det and len(det["classifications"]) > 0, name
         else:
             assert "classifications" not in det, name
-            assert det["failure"] == "box outside the photo" if expected == "outside" else \
-                "less than one pixel" in det["failure"], (name, det)
+            reason = "box outside the photo" if expected == "outside" else "less than one pixel"
+            assert reason in det["failure"], (name, det)
     # only the boxes with pixels were cut; a photo whose boxes are all outside is not even decoded
     assert sorted(cut) == [1, 5]  # partly.jpg: 1; mixed.jpg: inside, 2 partly, 2 sub-pixel (known after decode)
     assert all("failure" in d and "classifications" not in d for d in by_file["all_out.jpg"]["detections"])
@@ -123,6 +123,20 @@ def test_boxes_outside_are_failed_detections(predictor, photos, tmp_path, monkey
     validate = pytest.importorskip("megadetector.postprocessing.validate_batch_results")
     report = validate.validate_batch_results(str(out / "results.json"))["validation_results"]
     assert report["errors"] == [], report
+
+    # a detector file whose detections bring classifications and failures (results fed back): ours replace them
+    brought = json.loads(md.read_text())
+    for det in brought["images"][0]["detections"]:
+        det.update(classifications=[["0", 0.5]], failure="brought")
+    md2 = tmp_path / "md2.json"
+    md2.write_text(json.dumps(brought))
+    again = tmp_path / "again"
+    run_files(predictor, RunOptions(inputs=[photos], out_dir=again, progress=False,
+                                    detections=DetectionOptions(path=md2)), log=lambda _: None)
+    rerun = {im["file"]: im for im in json.loads((again / "results.json").read_text())["images"]}
+    for before, after in zip(by_file["mixed.jpg"]["detections"], rerun["mixed.jpg"]["detections"], strict=True):
+        assert before.get("failure") == after.get("failure")
+        assert ("classifications" in before) == ("classifications" in after)
 
 
 def test_a_box_partly_outside_is_cut_with_black_padding(predictor, photos, tmp_path, monkeypatch) -> None:

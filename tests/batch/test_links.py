@@ -35,9 +35,10 @@ def link(path: Path, target: str | Path) -> Path:
 def fs(tmp_path) -> dict:
     """An input folder ``root`` with links in and out, a second input ``root2``, and ``outside`` (not an input)."""
     base = tmp_path / "fs"
-    root, root2, outside = base / "root", base / "root2", base / "outside"
+    root, root2, root3, outside = base / "root", base / "root2", base / "root3", base / "outside"
     photo(root / "real" / "IMG_0001.JPG", 1)
     photo(root2 / "IMG_0002.JPG", 2)
+    photo(root3 / "IMG_0005.JPG", 6)  # an input only in the --follow-links test
     photo(outside / "secret.jpg", 3)
     photo(outside / "dir" / "IMG_0003.JPG", 4)
     photo(outside / "dir" / "sub" / "IMG_0004.JPG", 5)
@@ -54,13 +55,14 @@ def fs(tmp_path) -> dict:
         "dangling_out.jpg": link(root / "dangling_out.jpg", "../outside/nothing.jpg"),
         "out_dir": link(root / "out_dir", "../outside/dir"),
         "up_dir": link(root / "real" / "up_dir", "../../outside"),
+        "base_dir": link(root / "real" / "base_dir", "../.."),  # above every input: holds them all
     }
     link(root / "in_dir", "real")  # a folder link inside: its photo is listed once, where it is
     link(root / "real" / "loop_dir", ".")  # loops inside: no hang
     link(root / "real" / "parent_dir", "..")
     loops = [link(root / "loop_a.jpg", "loop_b.jpg"), link(root / "loop_b.jpg", "loop_a.jpg"),
              link(root / "self.jpg", "self.jpg")]
-    return {"base": base, "root": root, "root2": root2, "outside": outside, "inside": inside,
+    return {"base": base, "root": root, "root2": root2, "root3": root3, "outside": outside, "inside": inside,
             "refused": refused, "loops": loops}
 
 
@@ -86,7 +88,7 @@ def test_links_out_of_the_inputs_are_refused(fs) -> None:
 
 
 def test_follow_links_reads_them_once_and_ends_loops(fs) -> None:
-    collected = collect_inputs([fs["root"], fs["root2"]], follow_links=True)
+    collected = collect_inputs([fs["root"], fs["root2"], fs["root3"]], follow_links=True)
     assert collected.refused_links == []
     by_key = {f.key: f.name for f in collected.files}
     assert len(by_key) == len(collected.files)
@@ -96,6 +98,10 @@ def test_follow_links_reads_them_once_and_ends_loops(fs) -> None:
     assert by_key[str(out / "dir" / "IMG_0003.JPG")] == "root/out_dir/IMG_0003.JPG"
     assert by_key[str(out / "dir" / "sub" / "IMG_0004.JPG")] == "root/out_dir/sub/IMG_0004.JPG"
     assert str(out / "nothing.jpg") in by_key  # dangling: a failure record when read
+    # base_dir leads above every input: past it, the inputs are left to their own walk and names
+    assert by_key[str(fs["root3"] / "IMG_0005.JPG")] == "root3/IMG_0005.JPG"
+    assert not [n for n in by_key.values() if "base_dir" in n or "up_dir" in n]
+    assert len(collected.files) == 10
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +142,13 @@ def test_run_never_reads_a_link_out(predictor, fs, tmp_path, monkeypatch) -> Non
         run_files(predictor, options, log=logs.append)
     options.resume, options.overwrite = False, True
     summary = run_files(predictor, options, log=logs.append)
-    assert summary.refused_links == 0 and summary.total == 9  # + secret, nothing.jpg, IMG_0003, IMG_0004
-    assert summary.ok == 5 and summary.failed == 4
+    # + secret, nothing.jpg, IMG_0003, IMG_0004 and, through base_dir, root3/IMG_0005 (not an input here)
+    assert summary.refused_links == 0 and summary.total == 10
+    assert summary.ok == 6 and summary.failed == 4
     assert str(fs["outside"] / "secret.jpg") in read
     names = {im["file"] for im in json.loads((out / "results.json").read_text())["images"]}
-    assert {"root/chain.jpg", "root/out_dir/IMG_0003.JPG", "root/out_dir/sub/IMG_0004.JPG"} <= names
+    assert {"root/chain.jpg", "root/out_dir/IMG_0003.JPG", "root/out_dir/sub/IMG_0004.JPG",
+            "root/real/base_dir/root3/IMG_0005.JPG"} <= names
     options.overwrite, options.resume = False, True
     again = run_files(predictor, options, log=logs.append)
     assert again.resumed == again.total

@@ -209,3 +209,81 @@ def test_rename_noreplace_never_replaces(monkeypatch, tmp_path: Path, how: str) 
     dst.unlink()
     archive_module.rename_noreplace(src, dst)
     assert not src.exists() and dst.read_bytes() == b"mine" and os.stat(dst).st_nlink == 1
+
+
+def test_content_that_cannot_go_back_is_not_left_under_the_rows_name(monkeypatch, tmp_path: Path) -> None:
+    """The swapped-in content is found in the archive after the rename, and its inbox name was taken again
+    (a third upload) before it could go back: it is kept under a free name the row does not claim."""
+    inbox, archive_root = tmp_path / "inbox", tmp_path / "archive"
+    first, other, third = (jpeg(tmp_path / f"{n}.jpg", n) for n in (1, 2, 3))
+    db, src, dst = _pending(tmp_path, inbox, archive_root, first)
+    original = archive_module.fault_point
+
+    def third_upload(step: str) -> None:
+        if step == "copy":  # right after the rename, before the check of what was moved
+            src.write_bytes(third)
+        original(step)
+
+    monkeypatch.setattr(archive_module, "fault_point", third_upload)
+    logs: list[str] = []
+    done, error = _finish_with_hook(monkeypatch, db, inbox, archive_root, lambda: _swap_replace(src, other), logs)
+    assert done and error is None, error
+    assert src.read_bytes() == third
+    assert not dst.exists() and sorted(_archived(archive_root).values()) == [sha(other)]
+    row = _row(db)
+    assert row["moved"] == 1 and row["stored_path"] is None and "replaced by other content" in row["move_error"]
+
+
+def _sidecar_move(archive_root: Path, tmp_path: Path, in_window: Callable[[Path, Path], None],
+                  monkeypatch: pytest.MonkeyPatch) -> tuple[bool, BaseException | None, Path, Path]:
+    """``move_beside`` of ``inbox/IMG.JPG.json`` with ``in_window(sidecar, target)`` run right before the move."""
+    from promptcam.station import sidecar as sidecar_module
+
+    sidecar = tmp_path / "inbox" / "IMG.JPG.json"
+    sidecar.parent.mkdir(parents=True)
+    sidecar.write_text('{"detections": []}')
+    archived = archive_root / "2024-05-01" / "IMG.JPG"
+    target = archived.with_name("IMG.JPG.json")
+    original = sidecar_module.makedirs_durable
+
+    def hooked(folder: Path) -> None:
+        original(folder)
+        in_window(sidecar, target)
+
+    monkeypatch.setattr(sidecar_module, "makedirs_durable", hooked)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sidecar_module.move_beside(sidecar, "IMG.JPG", archived)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    if thread.is_alive():
+        os.close(os.open(sidecar, os.O_WRONLY | os.O_NONBLOCK))  # release the hung open()
+    return not thread.is_alive(), errors[0] if errors else None, sidecar, target
+
+
+def test_a_sidecar_move_never_overwrites_nor_hangs(monkeypatch, tmp_path: Path, archive_root: Path) -> None:
+    """Before the fix: the same-file-system rename replaced a file made at the target meanwhile, and across
+    file systems ``read_bytes`` blocked for ever on a FIFO put at the sidecar's name."""
+    theirs = b"made meanwhile"
+    done, error, sidecar, target = _sidecar_move(archive_root, tmp_path / "a",
+                                                 lambda _, t: t.write_bytes(theirs), monkeypatch)
+    assert done and error is None, error
+    assert target.read_bytes() == theirs and not sidecar.exists()
+    assert [p.read_text() for p in target.parent.glob("IMG*.json") if p != target] == ['{"detections": []}']
+
+    def fifo(path: Path, _: Path) -> None:
+        path.unlink()
+        os.mkfifo(path)
+
+    done, error, sidecar, target = _sidecar_move(archive_root / "b", tmp_path / "b", fifo, monkeypatch)
+    assert done, f"moving a sidecar hung on a FIFO for more than {HANG} s"
+    if archive_root.is_relative_to(tmp_path):  # same file system: a FIFO is renamed like any entry, never opened
+        return
+    assert isinstance(error, OSError) and "not a regular file" in str(error), error
+    assert stat.S_ISFIFO(os.lstat(sidecar).st_mode) and not target.exists()

@@ -177,8 +177,12 @@ class DetectionPlan:
         crops = CropBoxes(selected, loaded.squares or [], loaded.size or (0, 0))
         record = record_prediction(record, predictions, predictor.class_names, preview=loaded.preview,
                                    heatmaps=heatmap_files_of(loaded.item, options, heatmap_files), crops=crops)
+        # the record's copies, not the detector file's entry; a "failure" is ours only (as mark_left_out's key)
+        for det in record.detections or []:
+            det.pop("failure", None)
         for index, reason in (loaded.box_failures or {}).items():
-            record.detections[index]["failure"] = reason  # the record's copy, not the detector file's entry
+            record.detections[index].pop("classifications", None)  # even one the detector file brought
+            record.detections[index]["failure"] = reason
         return record
 
 

@@ -198,11 +198,15 @@ def _keep_images(paths: Iterable[Path], skipped: list[Path]) -> Iterator[Path]:
 def _walk(root: Path, inside: Callable[[str], bool], follow_links: bool, skipped: list[Path],
           refused: list[Path]) -> Iterator[Path]:
     """The images under a folder in ``os.walk`` order (a folder's files sorted, then its folders, depth
-    first), links followed as ``collect_inputs`` says. An explicit stack: no recursion limit on deep trees."""
-    walked = {canonical_path(root)}  # folders reached through links leading out: each once (loops)
-    stack = [root]
+    first), links followed as ``collect_inputs`` says. An explicit stack: no recursion limit on deep trees.
+
+    Past a link leading out (``follow_links``), every folder is walked once, and one that is inside the
+    inputs again is left to them: its photos keep the names their own input gives them.
+    """
+    walked = {canonical_path(root)}
+    stack: list[tuple[Path, bool]] = [(root, False)]  # (folder, reached through a link leading out)
     while stack:
-        folder = stack.pop()
+        folder, out = stack.pop()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -227,7 +231,7 @@ def _walk(root: Path, inside: Callable[[str], bool], follow_links: bool, skipped
         below = []
         for entry in dirs:
             path = folder / entry.name
-            if entry.is_symlink():
+            if entry.is_symlink() or out:
                 target = canonical_path(path)
                 if inside(target) or target in walked:
                     continue  # its photos are listed where they are; a loop ends here
@@ -235,7 +239,7 @@ def _walk(root: Path, inside: Callable[[str], bool], follow_links: bool, skipped
                     refused.append(path)
                     continue
                 walked.add(target)
-            below.append(path)
+            below.append((path, out or entry.is_symlink()))
         stack.extend(reversed(below))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterable, Iterator
@@ -20,11 +21,17 @@ from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError
 
 from . import fastjpeg
-from .imageheader import image_dimensions
+from .imageheader import JPEG_MAX_MARKERS, image_dimensions
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 MAX_FILE_BYTES = 512 * 1024 * 1024  # larger files are refused before reading
 MAX_PIXELS = 250_000_000  # images declaring more are refused from their header (decompression bombs)
+# a progressive JPEG has about 10 scans; each one more is a decode pass over every block of the photo, for
+# a dozen bytes (a 40 kB file of 3000 scans decoded for 30 s): more are refused from a walk of the markers
+MAX_JPEG_SCANS = 64
+_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # in a scan's data: FF 00 and RSTn are data, not markers
+_ANY_MARKER = re.compile(rb"\xff[^\x00]")
+_NOT_FILL = re.compile(rb"[^\xff]")
 REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  8: cv2.IMREAD_REDUCED_COLOR_8}
 
@@ -164,11 +171,68 @@ def decode_image(data: bytes | np.ndarray, name: str = "<bytes>", *, reduction: 
         raise ImageError(f"{name}: zero-byte file")
     width, height = header or check_dimensions(buf, name)
     jpeg = is_jpeg(buf)
+    if jpeg:
+        check_jpeg_scans(buf, name)
     if jpeg and reduction in REDUCED_FLAGS:
         image = fastjpeg.decode_jpeg_rgb(buf, width, height, reduction)
         if image is not None:
             return image
     return decode_with_opencv(buf, name, reduction=reduction)
+
+
+def check_jpeg_scans(data: bytes | np.ndarray, name: str = "<bytes>") -> None:
+    """Refuse a JPEG of more than ``MAX_JPEG_SCANS`` scans (or ``JPEG_MAX_MARKERS`` markers), before decoding.
+
+    The markers of the first image are walked (segments skipped by their length, a scan's data by a C
+    search for the next marker; linear, nothing copied) up to its end marker: data after it (a second
+    picture, an appended video) is not counted.
+
+    Raises:
+        ImageError: naming the file and the limit.
+    """
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    pos, scans, in_scan = 2, 0, False
+    for _ in range(JPEG_MAX_MARKERS):
+        found = _next_jpeg_marker(view, pos, in_scan)
+        if found is None:
+            return
+        marker, pos = found
+        in_scan = False
+        if marker == 0xD9:  # end of image
+            return
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone
+            continue
+        if pos + 2 > len(view):
+            return
+        length = view[pos] << 8 | view[pos + 1]
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageError(f"{name}: not decoded: a JPEG of more than {MAX_JPEG_SCANS} scans (each one a "
+                                 "decode pass over the whole photo)")
+            in_scan = True
+        pos += length
+    raise ImageError(f"{name}: not decoded: more than {JPEG_MAX_MARKERS} JPEG markers")
+
+
+def _next_jpeg_marker(view: bytes | memoryview, pos: int, in_scan: bool) -> tuple[int, int] | None:
+    """(marker, the offset after it) of the next marker from ``pos``: garbage and fill bytes skipped as
+    libjpeg does; in a scan's data, stuffed FF 00 and restart markers are data."""
+    pattern = _SCAN_MARKER if in_scan else _ANY_MARKER
+    while True:
+        found = pattern.search(view, pos)
+        if found is None:
+            return None
+        at = found.start() + 1
+        if view[at] == 0xFF:  # fill bytes: the marker is the first byte after the run
+            after = _NOT_FILL.search(view, at)
+            if after is None:
+                return None
+            at = after.start()
+            if view[at] == 0x00 or (in_scan and 0xD0 <= view[at] <= 0xD7):
+                pos = at + 1
+                continue
+        return view[at], at + 1
 
 
 def decode_with_opencv(buf: np.ndarray, name: str = "<bytes>", *, reduction: int = 1) -> np.ndarray:

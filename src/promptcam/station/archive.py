@@ -256,12 +256,15 @@ class Archiver:
 
     def _put_back(self, dst: Path, src: Path, move: PendingMove) -> None:
         """Content renamed into the archive that is not the row's goes back to its inbox name (read there as
-        a new file); were that name taken again meanwhile, it stays beside the archive's under a free name."""
+        a new file); were that name taken again meanwhile, it goes to a free name beside ``dst`` and the row
+        no longer names ``dst`` (it is not the row's file)."""
         try:
             rename_noreplace(dst, src)
             where = "put back in the inbox"
         except FileExistsError:
-            where = f"left at {dst} (its inbox name was taken again)"
+            spare = self._rename_free(dst, free_name(dst, lambda p: self.store.is_claimed(str(p))), move)
+            self.store.set_stored_path(move, None)
+            where = f"left at {spare} (its inbox name was taken again)"
         fsync_dir(src.parent)
         fsync_dir(dst.parent)
         self.log(f"{db_text(move.file)}: {REPLACED}; the new content was {where}, not archived")

@@ -131,6 +131,8 @@ class Committer:
 
 
 def _jsonl_line(row: dict[str, Any]) -> str:
+    row.pop("inode", None)  # which file on this disk the row was read from: the station's own bookkeeping
+    row.pop("ctime_ns", None)
     raw = row.pop("file_raw", None)
     if raw is not None:
         row["file_raw_hex"] = bytes(raw).hex()

@@ -101,8 +101,7 @@ def upload_incomplete(data: np.ndarray | bytes) -> str | None:
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
     end = len(buf)
     if buf[end - 1] == 0:  # a preallocated file: the part not yet written is zeros (rare: search only then)
-        written = np.flatnonzero(buf)
-        end = int(written[-1]) + 1 if written.size else 0
+        end = _written_end(buf)
     tail = bytes(buf[max(0, end - 32):end])
     head = bytes(buf[:8])
     if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
@@ -110,6 +109,19 @@ def upload_incomplete(data: np.ndarray | bytes) -> str | None:
     if head == b"\x89PNG\r\n\x1a\n" and PNG_END not in tail:
         return "no PNG end chunk yet"
     return None
+
+
+def _written_end(buf: np.ndarray, window: int = 1 << 20) -> int:
+    """The offset after the last non-zero byte: searched back from the end a window at a time (linear in the
+    zeros, a window's memory: never an index of the whole file)."""
+    end = len(buf)
+    while end > 0:
+        start = max(0, end - window)
+        written = buf[start:end] != 0  # a byte a byte
+        if written.any():
+            return end - int(np.argmax(written[::-1]))
+        end = start
+    return 0
 
 
 class Intake:

@@ -41,7 +41,7 @@ from promptcam.results.megadetector import (
     check_entry,
     normalise_name,
 )
-from promptcam.station.archive import free_name, makedirs_durable
+from promptcam.station.archive import free_name, makedirs_durable, rename_noreplace
 
 DETECTION_MODES = ("sidecar",)  # room for a detector file that grows ("growing"), not built yet
 SIDECAR_SUFFIX = ".json"
@@ -163,10 +163,15 @@ def parse_sidecar(path: Path, data: bytes, image_name: str) -> Sidecar:
 
 
 def move_beside(sidecar: Path, image_name: str, archived_image: Path) -> Path:
-    """Move a sidecar next to its archived image, in the same naming form (never overwriting a file).
+    """Move a sidecar next to its archived image, in the same naming form (never overwriting a file, not
+    even one made meanwhile: ``rename_noreplace`` / a hard link; across file systems the sidecar is read
+    as ``read_sidecar`` reads it: no link followed, no FIFO waited on, at most ``MAX_SIDECAR_BYTES``).
 
     Returns:
         Where the sidecar went.
+
+    Raises:
+        OSError: it could not be moved (it stays in the inbox).
     """
     if sidecar.name == image_name + SIDECAR_SUFFIX:
         target = archived_image.with_name(archived_image.name + SIDECAR_SUFFIX)
@@ -174,11 +179,33 @@ def move_beside(sidecar: Path, image_name: str, archived_image: Path) -> Path:
         target = archived_image.with_suffix(SIDECAR_SUFFIX)
     target = free_name(target, lambda _: False)
     makedirs_durable(target.parent)
-    if os.stat(sidecar).st_dev == os.stat(target.parent).st_dev:
-        os.rename(sidecar, target)
+    if os.lstat(sidecar).st_dev == os.stat(target.parent).st_dev:
+        while True:
+            try:
+                rename_noreplace(sidecar, target)
+                break
+            except FileExistsError:
+                target = free_name(target, lambda _: False)
         fsync_dir(target.parent)
     else:
-        atomic_write_bytes(target, sidecar.read_bytes())
-        sidecar.unlink()
+        try:
+            data, st = read_sidecar(sidecar)
+        except PromptCamError as exc:
+            raise OSError(str(exc)) from exc
+        tmp = target.with_name(f".{target.name}.promptcam.part")
+        atomic_write_bytes(tmp, data)
+        try:
+            while True:
+                try:
+                    rename_noreplace(tmp, target)  # never overwrites
+                    break
+                except FileExistsError:
+                    target = free_name(target, lambda _: False)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(target.parent)
+        now = os.lstat(sidecar)
+        if (now.st_ino, now.st_ctime_ns) == (st.st_ino, st.st_ctime_ns):  # still the sidecar that was copied
+            sidecar.unlink()
     fsync_dir(sidecar.parent)
     return target

@@ -41,6 +41,15 @@ def tiny_export(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="session")
+def tiny_predictor(tiny_export: Path):  # noqa: ANN201 - a Predictor (the runtime imports lazily)
+    """A Predictor of ``tiny_export`` on the CPU, batch 8, one thread."""
+    from promptcam.runtime.predictor import Predictor
+
+    with Predictor(tiny_export, "ort-cpu", batch_size=8, threads=1) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="session")
 def trained_world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Path]:
     """The synthetic world, a pretrained micro backbone, trained prompts and their export (minutes).
 

@@ -19,6 +19,16 @@ WATCH = str(Path(sys.executable).parent / "promptcam-watch")
 MEMORY_LIMIT = 2 * 2**30  # address space of the watcher (its RSS on the corpus is ~150 MB; a decoded bomb is GBs)
 
 
+class Clock:
+    """A monotonic clock a test moves by hand (the watcher's quiet and sidecar waits run on it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def jpeg(path: Path, seed: int, size: tuple[int, int] = (40, 56)) -> bytes:
     ok, data = cv2.imencode(".jpg", np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
     assert ok

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from camera_trap_scenes import build_scene, write_md
 from PIL import Image
+from watch_helpers import Clock
 
 from helpers import run_cli
 from promptcam.core.atomic import file_sha256
@@ -386,18 +387,9 @@ def test_detection_run_has_one_observation_per_box_and_blank_images(detection_ru
 # -- station databases, written by the watcher ------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
-def predictor(tiny_export) -> Predictor:
-    with Predictor(tiny_export, "ort-cpu", batch_size=8, threads=1) as loaded:
-        yield loaded
+def predictor(tiny_predictor: Predictor) -> Predictor:
+    return tiny_predictor
 
 
 def _station(predictor: Predictor, folder: Path, *, sidecars: bool) -> Path:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from watch_helpers import db_rows, jpeg
+from watch_helpers import Clock, db_rows, jpeg
 
 from promptcam.batch.detections import load_detector_file
 from promptcam.core.errors import PromptCamError
@@ -22,18 +22,9 @@ from promptcam.station.options import SidecarOptions, WatchOptions
 from promptcam.station.readiness import InboxScanner
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
-def predictor(tiny_export) -> Predictor:
-    with Predictor(tiny_export, "ort-cpu", batch_size=8, threads=1) as loaded:
-        yield loaded
+def predictor(tiny_predictor: Predictor) -> Predictor:
+    return tiny_predictor
 
 
 def _drive(watcher: InboxWatcher, clock: Clock, steps: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from watch_helpers import db_rows, jpeg, sha
+from watch_helpers import Clock, db_rows, jpeg, sha
 
 from promptcam.results.store import ResultStore
 from promptcam.runtime.predictor import Predictor
@@ -25,18 +25,9 @@ from promptcam.station.intake import Intake
 from promptcam.station.options import WatchOptions
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
-def predictor(tiny_export) -> Predictor:
-    with Predictor(tiny_export, "ort-cpu", batch_size=8, threads=1) as loaded:
-        yield loaded
+def predictor(tiny_predictor: Predictor) -> Predictor:
+    return tiny_predictor
 
 
 class Station:

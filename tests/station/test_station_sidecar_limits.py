@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from watch_helpers import db_rows, jpeg
+from watch_helpers import Clock, db_rows, jpeg
 
 from promptcam.results.megadetector import (
     LEFT_OUT_KEY,
@@ -31,18 +31,9 @@ from promptcam.station.options import SidecarOptions, WatchOptions
 from promptcam.station.sidecar import MAX_SIDECAR_BYTES
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture(scope="module")
-def predictor(tiny_export) -> Predictor:
-    with Predictor(tiny_export, "ort-cpu", batch_size=8, threads=1) as loaded:
-        yield loaded
+def predictor(tiny_predictor: Predictor) -> Predictor:
+    return tiny_predictor
 
 
 def _watch(predictor: Predictor, inbox: Path, db: Path, logs: list[str], steps: int = 4) -> InboxWatcher:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from camera_trap_scenes import build_scene, detection_file_run, val_tiles, write_md
-from watch_helpers import db_rows, watch
+from watch_helpers import Clock, db_rows, watch
 
 from helpers import run_cli
 from promptcam.results.megadetector import MEGADETECTOR_CATEGORIES
@@ -25,16 +25,6 @@ from promptcam.station.options import SidecarOptions, WatchOptions
 SETTLE = 1.0
 SIDECAR_WAIT = 30.0
 INCOMPLETE_WAIT = 10.0
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,9 @@ engine the export is for (ORT CUDA for an fp16 export where a GPU is, the built 
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import tempfile
-import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,147 +22,40 @@ import onnx
 import onnxruntime as ort
 
 from promptcam.core.atomic import atomic_write_with, file_sha256
-from promptcam.core.errors import BackendUnavailableError, ExportError, ImageError, ValidationError
+from promptcam.core.errors import BackendUnavailableError, ValidationError
 from promptcam.core.iospec import BATCH_DIM, model_io, shape_mismatches, trait_head_io
-from promptcam.core.manifest import METADATA_KEY, Manifest
+from promptcam.core.manifest import Manifest
 from promptcam.models.checkpoint import load_model, read_class_names
-from promptcam.models.promptcam import PromptCAM
 from promptcam.runtime.backends.base import Backend
 from promptcam.runtime.backends.onnxruntime import OrtBackend
 from promptcam.runtime.cuda import has_nvidia_driver
-from promptcam.runtime.images import iter_image_files, read_image, resize_for_model
 
-from .constants import FoldedWeights, fold_prompt_constants
-from .gates import Int8Gates
+from .constants import fold_prompt_constants
+from .context import (
+    ENGINE_FILE,
+    MODEL_FILE,
+    PRECISIONS,
+    TRAIT_HEAD_FILE,
+    ExportContext,
+    ExportOptions,
+    ExportPass,
+    PassRecord,
+)
 from .graph import build_promptcam_graph, build_trait_head_graph
-from .tensorrt import BatchProfile, build_engine
+from .inputs import (
+    exporter_versions,
+    fix_batch,
+    load_calibration,
+    set_metadata,
+    synthetic_pixels,
+    synthetic_pool,
+)
+from .tensorrt import build_engine
 from .validate import AGREEMENT_WARNING, FP32_TOLERANCE, OutputCheck, fit_batches, summarize, validate_backend
 
-PRECISIONS = ("fp32", "fp16", "int8")
-ATTENTION_KINDS = ("fused", "onnx")
-MODEL_FILE, TRAIT_HEAD_FILE, ENGINE_FILE = "model.onnx", "trait_head.onnx", "model.plan"
-MIN_OPSET = 17  # LayerNormalization
-
-
-@dataclass
-class ExportOptions:
-    """What ``promptcam-export`` was asked for."""
-
-    ckpt: Path
-    out: Path
-    classes: Path | None = None
-    precision: str = "fp32"
-    opset: int = 17
-    batch: int | None = None  # None: dynamic batch
-    validate: bool = True
-    validation_batch: int = 4
-    # int8 without --calib: the search and the gates see this many synthetic images (five, as fp32/fp16
-    # validate on, let a plan pass that flipped 1 in 8 answers on other images of a real-scale checkpoint)
-    int8_synthetic_images: int = 32
-    calib: Path | None = None
-    calib_limit: int = 64
-    int8_mode: str | None = None  # "dynamic" | "static"; default: static when --calib is given
-    int8_gates: Int8Gates = field(default_factory=Int8Gates)  # an int8 export below these writes nothing
-    force: bool = False  # write an int8 export that misses its gates, recorded in the manifest
-    int8_search: bool = True  # keep the most sensitive blocks fp32 until the gates pass
-    int8_budget_s: float = 240.0  # no new int8 search trial starts after this
-    engine: str | None = None  # None or "trt"
-    trt_batch: BatchProfile = field(default_factory=BatchProfile)
-    timing_cache: Path | None = None
-    triton_repo: Path | None = None
-    triton_kind: str = "KIND_GPU"
-    # "fused": ORT's MultiHeadAttention in blocks 0..L-2 (ONNX Runtime only; on CUDA it never writes the
-    # attention scores to memory); "onnx": standard ops only (TensorRT, int8 quantisation, other runtimes).
-    # Default: fused for fp16 without --target trt (the ORT-on-GPU precision), else onnx.
-    attention: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.opset < MIN_OPSET:
-            raise ExportError(f"opset must be >= {MIN_OPSET} (LayerNormalization), got {self.opset}")
-        if self.batch is not None and self.batch < 1:
-            raise ExportError(f"batch must be >= 1, got {self.batch}")
-        if self.int8_synthetic_images < 1:
-            raise ExportError(f"int8 synthetic validation images must be >= 1, got {self.int8_synthetic_images}")
-        if self.engine not in (None, "trt"):
-            raise ExportError(f"engine must be 'trt' or omitted, got {self.engine!r}")
-        if self.int8_mode is None:
-            self.int8_mode = "static" if self.calib is not None else "dynamic"
-        if self.int8_mode not in ("dynamic", "static"):
-            raise ExportError(f"int8 mode must be 'dynamic' or 'static', got {self.int8_mode!r}")
-        if self.int8_mode == "static" and self.calib is None:
-            raise ExportError("static int8 quantisation needs --calib DIR")
-        if self.attention is None:
-            self.attention = "fused" if self.precision == "fp16" and self.engine is None else "onnx"
-        if self.attention not in ATTENTION_KINDS:
-            raise ExportError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.attention == "fused" and self.engine == "trt":
-            raise ExportError("TensorRT cannot parse ONNX Runtime's fused attention op; "
-                              "use --attention onnx with --target trt")
-        if self.attention == "fused" and self.precision == "int8":
-            raise ExportError("int8 quantisation needs standard ONNX ops; use --attention onnx with --precision int8")
-        if self.engine == "trt" and self.precision == "int8" and self.int8_mode != "static":
-            raise ExportError("a TensorRT int8 engine needs --calib DIR (static QDQ quantisation)")
-
-
-@dataclass
-class PassRecord:
-    name: str
-    seconds: float
-    output: str
-
-
-@dataclass
-class ExportContext:
-    """State handed from pass to pass."""
-
-    options: ExportOptions
-    log: Callable[[str], None] = print
-    model: PromptCAM | None = None
-    folded: FoldedWeights | None = None
-    graph: onnx.ModelProto | None = None
-    trait_head: onnx.ModelProto | None = None
-    int8_mode: str | None = None
-    int8_report: dict[str, Any] | None = None  # the int8 search's plan and trials
-    calibration: list[np.ndarray] = field(default_factory=list)
-    validation: dict[str, Any] = field(default_factory=dict)
-    manifest: Manifest | None = None
-    engine_plan: Path | None = None  # a built TensorRT plan, not yet validated and moved into place
-    engine_info: dict[str, Any] | None = None
-    engine_validation: dict[str, Any] = field(default_factory=dict)
-    records: list[PassRecord] = field(default_factory=list)
-
-    def require(self, attr: str) -> Any:
-        """``attr`` of the context, or a clear ``ExportError`` naming the pass that produces it."""
-        value = getattr(self, attr)
-        if value is None:
-            producer = PRODUCED_BY.get(attr)
-            raise ExportError(f"pass order: {attr!r} is not available yet"
-                              + (f"; run the {producer!r} pass first" if producer else ""))
-        return value
-
-
-# which pass fills which context field (for the pass-order error)
-PRODUCED_BY = {"model": "load-checkpoint", "folded": "fold-prompt-constants", "graph": "build-graph",
-               "trait_head": "build-graph", "manifest": "write-model-dir", "engine_plan": "build-trt-engine",
-               "engine_info": "build-trt-engine"}
-
-
-class ExportPass(ABC):
-    """A named step. ``__call__`` times and logs; ``run`` does the work and describes its output."""
-
-    name: str = "pass"
-
-    def __call__(self, ctx: ExportContext) -> None:
-        start = time.perf_counter()
-        output = self.run(ctx)
-        record = PassRecord(self.name, time.perf_counter() - start, output)
-        ctx.records.append(record)
-        ctx.log(f"[{record.name:<22}] {record.seconds:7.2f}s  {record.output}")
-
-    @abstractmethod
-    def run(self, ctx: ExportContext) -> str: ...
+# re-exported: the export API is ExportOptions + export_model, and tests drive passes one by one
+__all__ = ["PRECISIONS", "ExportContext", "ExportOptions", "ExportPass", "PassRecord", "default_passes", "export_model",
+           "run_passes", "synthetic_pixels", "synthetic_pool", "validation_engine"]
 
 
 def _size(model: onnx.ModelProto) -> str:
@@ -469,66 +358,6 @@ def check_against_eager(ctx: ExportContext, backend: Backend, what: str,
         ctx.log(f"WARNING: {opts.precision} top-1 agreement with fp32 eager is {agreement:.1%} "
                 f"(< {AGREEMENT_WARNING:.0%}); check accuracy on your own validation images")
     return summary
-
-
-def fix_batch(model: onnx.ModelProto, batch: int) -> None:
-    for value in (*model.graph.input, *model.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_value = batch
-
-
-def set_metadata(model: onnx.ModelProto, manifest: Manifest) -> None:
-    for entry in list(model.metadata_props):
-        if entry.key == METADATA_KEY:
-            model.metadata_props.remove(entry)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, manifest.to_json()
-
-
-def exporter_versions(opset: int) -> dict[str, Any]:
-    import torch
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"promptcam": version("promptcam"), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "torch": torch.__version__, "opset": opset}
-
-
-def synthetic_pixels(batch: int, size: int, seed: int, coarse: int = 8) -> np.ndarray:
-    """Smooth random RGB images (bicubic-upsampled ``coarse`` x ``coarse`` noise), deterministic per seed."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    grid = rng.integers(0, 256, size=(batch, coarse, coarse, 3)).astype(np.uint8)
-    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC) for img in grid])
-
-
-def synthetic_pool(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """``count`` synthetic images from coarse (large blobs) to fine (texture) detail, interleaved, so
-    any prefix mixes every kind."""
-    grids = (4, 8, 16, 32)
-    kinds = [synthetic_pixels(-(-count // len(grids)), size, seed=seed * 101 + g, coarse=g) for g in grids]
-    return np.stack([kinds[i % len(grids)][i // len(grids)] for i in range(count)])
-
-
-def load_calibration(folder: Path, model: PromptCAM, limit: int, batch: int = 8) -> list[np.ndarray]:
-    """Calibration images resized like the runtime does, in batches."""
-    if not folder.is_dir():
-        raise ExportError(f"{folder}: calibration folder not found")
-    images = []
-    for path in iter_image_files([folder]):
-        try:
-            images.append(resize_for_model(read_image(path), model.config))
-        except ImageError as exc:  # an unreadable calibration image is skipped, not fatal
-            print(f"skipping calibration image: {exc}")
-        if len(images) >= limit:
-            break
-    if not images:
-        raise ExportError(f"{folder}: no readable images for calibration")
-    return [np.stack(images[i:i + batch]) for i in range(0, len(images), batch)]
 
 
 def validation_batches(ctx: ExportContext) -> list[np.ndarray]:

@@ -16,25 +16,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from promptcam.core.errors import PromptCamError
-from promptcam.core.untrusted import UntrustedJSONError, loads_untrusted
+from promptcam.core.untrusted import UntrustedJSONError
 from promptcam.results.formats import OUTPUT_NAMES
 from promptcam.results.journal import Journal
-from promptcam.results.store import record_from_row
 from promptcam.runtime.records import ImageRecord, utc_now
+
+from .stored import (
+    StationReader,
+    checked_record,
+    class_name,
+    decode_json,
+    is_whole,
+    name_list,
+    with_crop_classes,
+)
 
 REVIEW_DB_NAME = "review.sqlite"
 NO_CONFIDENCE = -1.0  # failures sort below every real probability and never match a confidence range
-MAX_CLASSES = 100_000  # a class index above this in stored results is damage, not a class
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,            -- result order (input order of a file run, id order of a station)
@@ -159,192 +166,6 @@ def folder_records(folder: Path) -> list[ImageRecord]:
     return list(latest.values())
 
 
-class StationRow(NamedTuple):
-    id: int  # the row's id in the station database (the item's id in the review too)
-    pending: bool  # committed, its photo not yet moved to ``stored_path`` (indexed again once moved)
-    record: ImageRecord
-
-
-class StationReader:
-    """One read-only snapshot of a station database (the station may be writing meanwhile)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise PromptCamError(f"{path}: cannot open the results database ({exc})") from exc
-        try:
-            self.db.execute("BEGIN")  # every query below sees the same rows
-            self.extent()
-        except sqlite3.Error as exc:
-            self.db.close()
-            raise PromptCamError(f"{path}: not a promptcam-watch results database ({exc})") from exc
-
-    def __enter__(self) -> StationReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
-
-    def extent(self) -> tuple[int, int]:
-        """(row count, last row id)."""
-        count, last = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM results").fetchone()
-        return count, last
-
-    def count_after(self, row_id: int) -> int:
-        return self.db.execute("SELECT count(*) FROM results WHERE id > ?", (row_id,)).fetchone()[0]
-
-    def class_names(self) -> list[str] | None:
-        """The model's classes as the watcher wrote them (``--detections``), None when absent or unreadable."""
-        try:
-            hit = self.db.execute("SELECT value FROM meta WHERE key = 'class_names'").fetchone()
-            return _name_list(decode_json(hit[0], f"{self.path}: meta class_names")) if hit else None
-        except (sqlite3.Error, UntrustedJSONError):
-            return None  # a database older than its meta table, or a damaged value: the rows' names stand in
-
-    def rows(self, where: str = "1", params: Sequence[Any] = ()) -> Iterator[StationRow]:
-        """The rows matching ``where``, in id order, as records (checked: see ``checked_record``)."""
-        try:
-            cursor = self.db.execute(f"SELECT * FROM results WHERE {where} ORDER BY id", params)
-            names = [d[0] for d in cursor.description]
-            for values in cursor:
-                row = dict(zip(names, values, strict=True))
-                problem = _decode_columns(row)
-                record = record_from_row(row)
-                if problem is not None:
-                    record = unreadable(record, problem)
-                yield StationRow(row["id"], not row.get("moved", 1) and row["stored_path"] is not None,
-                                 checked_record(record))
-        except sqlite3.Error as exc:
-            raise PromptCamError(f"{self.path}: cannot read the results ({exc})") from exc
-
-
-JSON_COLUMNS = ("top_k", "trait_heads", "detections")
-
-
-def _decode_columns(row: dict[str, Any]) -> str | None:
-    """Decode a row's JSON columns in place (an unreadable one becomes None); the first problem, or None.
-
-    ``probabilities`` (every class's, the largest column) is left out: the review does not show it.
-    """
-    row["probabilities"] = None
-    problem = None
-    for key in JSON_COLUMNS:
-        if row.get(key) is None:
-            continue
-        try:
-            row[key] = decode_json(row[key], key)
-        except UntrustedJSONError as exc:
-            row[key] = None
-            problem = problem or str(exc)
-    return problem
-
-
-def decode_json(text: Any, where: str) -> Any:
-    """JSON from outside (``loads_untrusted``); text that is not even a string is refused the same way.
-
-    Raises:
-        UntrustedJSONError: not JSON this program can take.
-    """
-    if not isinstance(text, str | bytes):
-        raise UntrustedJSONError(f"{where}: not JSON text")
-    return loads_untrusted(text, where)
-
-
-# -- the shape of a record: what the review reads from it, checked ----------------------------
-
-
-def unreadable(record: ImageRecord, problem: str) -> ImageRecord:
-    """``record`` as a failure saying what of the stored result could not be read."""
-    record.failure = record.failure or f"{record.file}: stored result unreadable ({problem})"
-    record.top_k, record.trait_heads, record.detections = [], None, None
-    return record
-
-
-def checked_record(record: ImageRecord) -> ImageRecord:
-    """``record`` with the fields the review uses in the shapes it expects: top-k and trait heads whole
-    or the record a failure; detections reduced to their category, confidence, box and classes."""
-    if not isinstance(record.file, str):
-        record.file = str(record.file)
-    if not isinstance(record.top_k, list) or not all(_is_class_score(c) for c in record.top_k):
-        return unreadable(record, "top_k is not a list of classes")
-    if record.trait_heads is not None and not (
-            isinstance(record.trait_heads, list) and all(_is_whole(h) for h in record.trait_heads)):
-        return unreadable(record, "trait_heads is not a list of head numbers")
-    if record.detections is not None and not isinstance(record.detections, list):
-        return unreadable(record, "detections is not a list")
-    if record.detections is not None:
-        record.detections = [_clean_detection(d) for d in record.detections if isinstance(d, dict)]
-    for name in ("path", "heatmap", "traits_image", "stored_path", "source", "taken_at", "explained_class",
-                 "failure"):
-        if getattr(record, name) is not None and not isinstance(getattr(record, name), str):
-            setattr(record, name, str(getattr(record, name)))
-    return record
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_class_score(value: Any) -> bool:
-    return (isinstance(value, dict) and _is_whole(value.get("index")) and 0 <= value["index"] < MAX_CLASSES
-            and isinstance(value.get("name"), str) and _is_number(value.get("probability")))
-
-
-def _class_id(value: Any) -> int | None:
-    """A classification's class id (text as the MegaDetector format writes it, or a number)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
-        value = int(value)
-    return value if _is_whole(value) and 0 <= value < MAX_CLASSES else None
-
-
-def _clean_detection(detection: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows of a detection: category, confidence, box ([x, y, w, h] in 0..1) and classes."""
-    clean: dict[str, Any] = {}
-    category = detection.get("category")
-    if isinstance(category, str | int) and not isinstance(category, bool):
-        clean["category"] = str(category)[:40]
-    if _is_number(detection.get("conf")):
-        clean["conf"] = detection["conf"]
-    bbox = detection.get("bbox")
-    if isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
-        clean["bbox"] = bbox
-    found = detection.get("classifications")
-    classes = [[str(_class_id(c[0])), c[1]] for c in found if isinstance(c, list) and len(c) == 2
-               and _class_id(c[0]) is not None and _is_number(c[1])] if isinstance(found, list) else []
-    if classes:
-        clean["classifications"] = classes
-    return clean
-
-
-def _name_list(value: Any) -> list[str] | None:
-    return list(value) if isinstance(value, list) and value and all(isinstance(n, str) for n in value) else None
-
-
-def with_crop_classes(record: ImageRecord, class_names: Sequence[str]) -> ImageRecord:
-    """A ``--detections`` result has no whole-image top-k: its classes are those of the classified
-    detection the detector is surest of (so the grid's class, confidence and corrections apply)."""
-    if not record.ok or record.top_k or not record.detections:
-        return record
-    classified = [d for d in record.detections if d.get("classifications")]
-    if not classified:
-        return record
-    best = max(classified, key=lambda d: d.get("conf", 0.0))
-    record.top_k = [{"index": int(i), "name": class_name(class_names, int(i)), "probability": p}
-                    for i, p in best["classifications"]]
-    return record
-
-
-def class_name(class_names: Sequence[str], index: int) -> str:
-    """The name of class ``index`` (``class_NNN`` beyond the names known, as ``class_names_seen`` does)."""
-    return class_names[index] if 0 <= index < len(class_names) else f"class_{index:03d}"
-
-
 def first_existing(candidates: Iterable[Path | None]) -> str | None:
     """The first candidate that is a file (absolute), else the first candidate at all (shown as missing)."""
     listed = [c for c in candidates if c is not None]
@@ -400,7 +221,7 @@ def item_row(record: ImageRecord, source: ResultsSource) -> tuple[Any, ...]:
 
 def _day_of(mtime_ns: Any) -> str:
     """YYYY-MM-DD of a file time in nanoseconds ('' when there is none, or not a time)."""
-    if not _is_whole(mtime_ns) or not mtime_ns:
+    if not is_whole(mtime_ns) or not mtime_ns:
         return ""
     try:
         return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc).strftime("%Y-%m-%d")
@@ -447,7 +268,7 @@ def folder_class_names(folder: Path) -> list[str] | None:
     try:
         data = decode_json(path.read_bytes(), str(path))
         categories = data["classification_categories"]
-        return _name_list([categories[str(i)] for i in range(len(categories))])
+        return name_list([categories[str(i)] for i in range(len(categories))])
     except (OSError, UntrustedJSONError, KeyError, TypeError):
         return None  # an interrupted run has no results.json yet: the journal's top-k names stand in
 

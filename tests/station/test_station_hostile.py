@@ -125,3 +125,28 @@ def test_a_backlog_is_drained_in_linear_directory_work(predictor, tmp_path: Path
     large, large_scans = _looks_to_drain(predictor, tmp_path, 192)
     assert large_scans == small_scans <= 3, (small_scans, large_scans)
     assert large <= 2.2 * small, (small, large)
+
+
+@pytest.mark.parametrize("outside", [[1.2, 0.1, 0.2, 0.2], [-0.5, 0.1, 0.3, 0.3], [0.1, 1.0, 0.2, 0.2],
+                                     [0.3, -0.4, 0.2, 0.3], [1.0, 0.0, 0.3, 0.3], [0.2, 0.2, 1e-9, 1e-9]])
+def test_a_box_outside_the_photo_is_a_failed_detection_at_a_station(predictor, tmp_path: Path, outside) -> None:
+    """Issue 28 item 14 at the station: a sidecar box with no pixel of the photo is never classified from
+    black padding; it is a failed detection with its reason, and the photo's other boxes are classified."""
+    inbox = tmp_path / "inbox"
+    jpeg(inbox / "IMG_0001.JPG", 1, size=(120, 160))
+    (inbox / "IMG_0001.JPG.json").write_text(json.dumps({"detections": [
+        {"category": "1", "conf": 0.9, "bbox": [0.1, 0.1, 0.5, 0.5]},
+        {"category": "1", "conf": 0.8, "bbox": outside}]}))
+    clock = Clock()
+    watcher = InboxWatcher(predictor, WatchOptions(inbox=inbox, db=tmp_path / "results.sqlite", settle=0.5,
+                                                   use_events=False, detections=SidecarOptions(wait=5.0)),
+                           log=lambda _: None, clock=clock)
+    try:
+        _drive(watcher, clock, 3)
+    finally:
+        watcher.close()
+    (row,) = db_rows(tmp_path / "results.sqlite")
+    good, bad = json.loads(row["detections"])
+    assert row["status"] == "ok" and "classifications" in good and "failure" not in good
+    assert "classifications" not in bad and ("outside the photo" in bad["failure"] or "less than one pixel"
+                                             in bad["failure"]), bad

@@ -29,6 +29,7 @@ from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError, PromptCamError
 from promptcam.results.megadetector import category_ids, mark_left_out, select_crops
 from promptcam.results.store import FileId, FileKey
+from promptcam.runtime.crops import box_failure
 from promptcam.runtime.exif import exif_datetime
 from promptcam.runtime.images import check_dimensions, read_regular_file
 from promptcam.runtime.model_input import HEATMAP_PREVIEW_SIDE, ModelInput, model_input
@@ -240,9 +241,10 @@ class Intake:
             if boxes is None or taken.not_ready is not None:
                 return taken
         try:
+            if boxes is not None:
+                row.width, row.height = check_dimensions(data, shown)
+                boxes = self._drop_failed_boxes(taken, row.width, row.height)
             if boxes == []:  # nothing to classify: the header gives the size, the photo is not decoded
-                width, height = check_dimensions(data, shown)
-                row.width, row.height = width, height
                 return taken
             taken.photo = model_input(data, shown, self.config, boxes=boxes, keep_preview=self.keep_preview)
         except ImageError as exc:
@@ -254,6 +256,22 @@ class Intake:
         if taken.photo.preview is not None:
             taken.photo.preview = heatmap_preview(taken.photo.preview)
         return taken
+
+    @staticmethod
+    def _drop_failed_boxes(taken: Taken, width: int, height: int) -> list[list[float]]:
+        """The selected boxes that can be cut; one outside the photo (or under a pixel of it) is a failed
+        detection with its reason (``crops.box_failure``, as ``promptcam run --detections`` does), never a
+        crop of black padding."""
+        keep = []
+        for index in taken.selected:
+            detection = taken.row.detections[index]
+            reason = box_failure(detection["bbox"], width, height)
+            if reason is None:
+                keep.append(index)
+            else:
+                detection["failure"] = reason
+        taken.selected = keep
+        return [taken.row.detections[i]["bbox"] for i in keep]
 
     def _failed(self, taken: Taken, reason: str) -> Taken:
         row = taken.row

@@ -19,7 +19,7 @@ from promptcam.train.synthetic import WorldSpec, generate_world
 
 def test_trained_world_meets_targets(trained_world) -> None:
     """The real demo recipe (seed 0), exported and run on ONNX Runtime, on 800 held-out images: the
-    issue's targets themselves (README, "The demo, measured", has seeds 0, 1 and 2)."""
+    issue's targets themselves (docs/demo.md, "The demo, measured", has seeds 0, 1 and 2)."""
     from promptcam.train.demo import TARGET_ACCURACY, TARGET_PEAK_ON_TRAIT
 
     summary = trained_world["summary"]

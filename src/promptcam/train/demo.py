@@ -50,7 +50,7 @@ class DemoRecipe:
     give each prompt more chances to find its trait. A prompt that stays diffuse still classifies
     (a uniform row averages the patch tokens, which is what pretraining classified from); weight
     decay 0.05 instead of the published 0.001 moved those prompts onto their traits. Seeds 0/1/2
-    reach 99.8/94.6/98.1% (README, "The demo, measured").
+    reach 99.8/94.6/98.1% (docs/demo.md, "The demo, measured").
     """
 
     arch: str = "vit_micro_patch8_h8"

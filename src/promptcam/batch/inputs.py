@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from promptcam.core.errors import PromptCamError
-from promptcam.runtime.images import is_image_path
 from promptcam.runtime.records import HeatmapFiles, heatmap_paths
+from promptcam.runtime.video import is_media_path
 
 LIST_SUFFIXES = (".txt", ".lst")  # an input file with one of these is a list of image paths
 
@@ -91,7 +91,7 @@ class Inputs(NamedTuple):
 
     Attributes:
         files: Every image once, in input order.
-        skipped: Non-image files (by suffix).
+        skipped: Files that are neither photos nor clips (by suffix).
         refused_links: Symbolic links found in a folder that lead out of the input folders, not followed
             (``follow_links`` follows them): never read, never named in the results.
         folders: The label each input folder's photos are named under (``LABEL/PATH``) -> its canonical
@@ -189,7 +189,7 @@ def _listed(listing: Path) -> Iterator[Path]:
 
 def _keep_images(paths: Iterable[Path], skipped: list[Path]) -> Iterator[Path]:
     for path in paths:
-        if is_image_path(path):
+        if is_media_path(path):
             yield path
         else:
             skipped.append(path)
@@ -222,7 +222,7 @@ def _walk(root: Path, inside: Callable[[str], bool], follow_links: bool, skipped
                 dirs.append(entry)
                 continue
             path = folder / entry.name
-            if not is_image_path(path):
+            if not is_media_path(path):
                 skipped.append(path)
             elif follow_links or not entry.is_symlink() or inside(canonical_path(path)):
                 yield path

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from promptcam.results.formats import DEFAULT_FORMATS
 from promptcam.results.megadetector import DEFAULT_CATEGORIES, DEFAULT_THRESHOLD
+from promptcam.runtime.clips import ClipOptions
 from promptcam.runtime.prediction import DEFAULT_TOP_K
 
 
@@ -50,6 +51,9 @@ class RunOptions:
     decode: str = "cpu"  # "gpu": nvImageCodec batches into GPU memory (gpu_decode), ORT CUDA reads them there
     compare: int = 0  # > 0: a sheet of the top-K classes' maps (and explain_class's) beside each heatmap
     follow_links: bool = False  # follow symlinks in the input folders that lead out of them (refused otherwise)
+    clips: ClipOptions = field(default_factory=ClipOptions)  # how video clips are sampled (--video-fps ...)
+    events: float | None = None  # group each camera's files into events: seconds between shots (--events)
+    camera_from: str | None = None  # a regular expression whose first group names a file's camera (--camera-from)
 
 
 @dataclass
@@ -59,6 +63,8 @@ class RunSummary:
     failed: int = 0
     resumed: int = 0
     skipped_non_images: int = 0
+    videos: int = 0
+    events: int = 0
     refused_links: int = 0  # symlinks in the input folders leading out of them, not followed
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)

@@ -15,16 +15,20 @@ import cv2
 import numpy as np
 
 from promptcam.core.errors import PromptCamError
+from promptcam.results.events import EVENTS_NAME, camera_pattern, group_events, write_events_csv
+from promptcam.results.export_source import fill_capture_times
 from promptcam.results.formats import OUTPUT_NAMES, write_outputs
 from promptcam.results.journal import Journal
 from promptcam.runtime.predictor import Prediction, Predictor
 from promptcam.runtime.records import HeatmapFiles, ImageRecord
+from promptcam.runtime.video import is_video_path
 
 from .chunks import LoadedImage, chunk_records, load_item, predict_loaded, predict_on_gpu, read_item
 from .detection_run import DetectionPlan, build_plan
 from .inputs import InputFile, Inputs, assign_heatmap_paths, collect_inputs
 from .options import RunOptions, RunSummary
 from .run_state import check_identity, out_dir_lock, run_identity
+from .videos import classify_videos
 
 JOURNAL_NAME = OUTPUT_NAMES["jsonl"]
 
@@ -107,15 +111,27 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         summary = RunSummary(total=len(files), skipped_non_images=len(skipped),
                              refused_links=len(collected.refused_links))
         previous = read_previous(journal, log) if resume else {}
-        todo = list(chunk_files(files, predictor.batch_size, previous))
-        summary.resumed = len(files) - sum(len(c) for c in todo)
+        photos = [f for f in files if not is_video_path(f.path)]
+        videos = [f for f in files if is_video_path(f.path) and not is_done(f, previous)]
+        todo = list(chunk_files(photos, predictor.batch_size, previous))
+        summary.resumed = len(files) - sum(len(c) for c in todo) - len(videos)
+        summary.videos = len(files) - len(photos)
         if skipped:
-            log(f"skipping {len(skipped)} non-image file(s)")
+            log(f"skipping {len(skipped)} file(s) that are neither photos nor clips")
         if summary.resumed:
-            log(f"resuming: {summary.resumed} of {len(files)} images already done")
+            log(f"resuming: {summary.resumed} of {len(files)} files already done")
         heatmap_files = assign_heatmap_paths(files, options.heatmaps) if options.heatmaps is not None else {}
-        _classify_files(predictor, options, todo, journal, heatmap_files, summary.resumed, len(files), resume=resume,
-                        plan=plan)
+        progress = _progress(len(files), summary.resumed, options.progress)
+        try:
+            _classify_files(predictor, options, todo, journal, heatmap_files, progress, resume=resume, plan=plan)
+            if videos:
+                journal.open(truncate=False)
+                try:
+                    classify_videos(predictor, options, videos, journal, heatmap_files, plan, progress.update)
+                finally:
+                    journal.close()
+        finally:
+            progress.close()
 
         by_path = read_previous(journal, lambda _: None)  # damaged lines were reported above
         records = [by_path[f.key] for f in files if f.key in by_path]
@@ -125,15 +141,28 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
                 "model_sha256": identity["model_sha256"], "precision": predictor.manifest.precision,
                 "top_k": options.top_k, "traits": options.traits} | inputs_info(collected)
         info |= plan.info() if plan else {}
+        if summary.videos:
+            info |= {"video_fps": options.clips.fps, "video_max_frames": options.clips.max_frames}
+        events = None
+        if options.events is not None:
+            fill_capture_times(records)
+            events = group_events(records, options.events, len(predictor.class_names),
+                                  pattern=camera_pattern(options.camera_from), detector=plan is not None)
+            summary.events = len(events)
+            info |= {"events_seconds": options.events, "camera_from": options.camera_from}
         summary.outputs = write_outputs(records, options.out_dir, predictor.class_names, options.formats, info,
                                         classifier=f"promptcam {predictor.config.arch}",
-                                        detector=plan.detector_facts() if plan else None)
+                                        detector=plan.detector_facts() if plan else None,
+                                        per_frame=options.clips.per_frame)
+        if events is not None:
+            path = write_events_csv(options.out_dir / EVENTS_NAME, events, records, predictor.class_names)
+            summary.outputs["events"] = str(path)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _classify_files(predictor: Predictor, options: RunOptions, todo: list[list[InputFile]], journal: Journal,
-                    heatmap_files: dict[str, HeatmapFiles], resumed: int, total: int, *, resume: bool,
+                    heatmap_files: dict[str, HeatmapFiles], progress: Any, *, resume: bool,
                     plan: DetectionPlan | None = None) -> None:
     """Decode in worker threads, infer chunk by chunk, write records and heatmaps in a writer thread.
 
@@ -150,7 +179,6 @@ def _classify_files(predictor: Predictor, options: RunOptions, todo: list[list[I
         predict = functools.partial(predict_on_gpu, gpu)
     keep_preview = options.heatmaps is not None
     journal.open(truncate=not resume)
-    progress = _progress(total, resumed, options.progress)
     since_checkpoint = 0
 
     def finish_chunk(loaded: list[LoadedImage], predictions: dict[int, Prediction], pool: Executor) -> None:
@@ -205,7 +233,6 @@ def _classify_files(predictor: Predictor, options: RunOptions, todo: list[list[I
     finally:
         cv2.setNumThreads(cv_threads)
         journal.close()
-        progress.close()
 
 
 class _NoProgress:

@@ -13,15 +13,19 @@ from promptcam.core.errors import PromptCamError
 from promptcam.results.formats import DEFAULT_FORMATS
 from promptcam.runtime.options import (
     category_list,
+    clip_options_of,
     det_categories_option,
     det_threshold_option,
+    events_options,
     explain_options,
     given,
     model_options,
+    video_options,
 )
 from promptcam.station.stream import StreamOptions
 
-FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress", "follow_links")
+FILE_OPTIONS = ("workers", "checkpoint_every", "resume", "no_progress", "follow_links", "video_fps",
+                "video_max_frames", "per_frame", "events", "camera_from")
 STREAM_OPTIONS = ("every", "on_motion", "db", "max_frames", "duration", "stall_timeout")
 RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
 
@@ -58,6 +62,14 @@ RAY_OPTIONS = ("ray_address", "ray_actors", "ray_gpus_per_actor")
                  help="Also follow symbolic links in the input folders that lead out of them (by default such "
                       "links are skipped, never read, and listed in the log; links that stay inside are followed)."),
 )
+@video_options
+@option_group(
+    "Videos (.mp4 .avi .mov .mkv in the inputs)",
+    click.option("--per-frame", is_flag=True,
+                 help="Also a row per sampled frame in results.csv and results.json (and with --heatmaps its "
+                      "heatmap), besides each clip's verdict."),
+)
+@events_options
 @option_group(
     "Stream mode (--source)",
     click.option("--source", default=None,
@@ -172,7 +184,8 @@ def files_options(inputs: tuple[Path, ...], o: CliValues) -> RunOptions:
                       explain_class=o.explain_class, traits=o.traits, checkpoint_every=o.checkpoint_every,
                       resume=o.resume, overwrite=o.overwrite, progress=not o.no_progress,
                       formats=(*DEFAULT_FORMATS, "parquet") if o.parquet else DEFAULT_FORMATS,
-                      detections=detections, decode=o.decode, compare=o.compare, follow_links=o.follow_links)
+                      detections=detections, decode=o.decode, compare=o.compare, follow_links=o.follow_links,
+                      clips=clip_options_of(o), events=o.events, camera_from=o.camera_from)
 
 
 def stream_options(o: CliValues) -> StreamOptions:
@@ -198,7 +211,8 @@ def check_mode(ctx: click.Context, inputs: tuple[Path, ...], source: str | None,
     foreign = {
         "files": given(ctx, *STREAM_OPTIONS, *RAY_OPTIONS),
         "--source": given(ctx, *FILE_OPTIONS, *RAY_OPTIONS, "overwrite", "parquet"),
-        "--ray": given(ctx, *STREAM_OPTIONS, "workers", "checkpoint_every", "resume"),
+        "--ray": given(ctx, *STREAM_OPTIONS, "workers", "checkpoint_every", "resume", "video_fps", "video_max_frames",
+                       "per_frame", "events", "camera_from"),
     }[mode]
     if foreign:
         raise PromptCamError(f"{', '.join(foreign)} cannot be used in {mode} mode (see promptcam-run --help)")
@@ -206,7 +220,9 @@ def check_mode(ctx: click.Context, inputs: tuple[Path, ...], source: str | None,
 
 def _report(summary) -> None:  # noqa: ANN001 - RunSummary
     click.echo(f"{summary.ok} classified, {summary.failed} failed, {summary.skipped_non_images} non-image "
-               f"file(s) skipped in {summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s)")
+               f"file(s) skipped in {summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s)"
+               + (f"; {summary.videos} clip(s)" if summary.videos else "")
+               + (f"; {summary.events} event(s)" if summary.events else ""))
     if summary.refused_links:
         click.echo(f"  {summary.refused_links} symbolic link(s) leading out of the input folders refused "
                    "(--follow-links reads them)")

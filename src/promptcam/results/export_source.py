@@ -9,7 +9,9 @@ detector's categories and the class list (``promptcam-watch --detections``); it 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,11 +149,12 @@ def fill_capture_times(records: list[ImageRecord]) -> int:
     filled = 0
     latest = datetime.now(timezone.utc).year + 1
     for record in records:
-        if record.taken_at is not None or not record.path:
+        if record.taken_at is not None or not record.path or not record.ok:
             continue
-        try:
-            with open(record.path, "rb") as fh:
-                head = fh.read(EXIF_READ_BYTES)
+        try:  # O_NONBLOCK: a FIFO put where a photo was never blocks the export
+            fd = os.open(record.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as fh:
+                head = fh.read(EXIF_READ_BYTES) if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else b""
         except OSError:
             continue
         stamp = exif_datetime(head)

@@ -40,29 +40,56 @@ def class_names_seen(records: Iterable[ImageRecord]) -> list[str]:
 # -- MegaDetector JSON --------------------------------------------------------------------------
 
 
+def _classifications(top_k: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [[str(c["index"]), round_probability(c["probability"])] for c in top_k]
+
+
+def _whole_frame(top_k: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"category": WHOLE_IMAGE_CATEGORY, "conf": 1.0, "bbox": [0.0, 0.0, 1.0, 1.0], **extra,
+            "classifications": _classifications(top_k)}
+
+
+def _video_fields(r: ImageRecord) -> dict[str, Any]:
+    """MegaDetector's video conventions (format >= 1.5): ``frame_rate`` (-1 for a failed clip) and
+    ``frames_processed``; every detection of a clip carries its ``frame_number``."""
+    return {"frame_rate": r.frame_rate if r.ok and r.frame_rate else -1.0,
+            "frames_processed": [f["frame_number"] for f in r.frames or []]}
+
+
+def _extras(r: ImageRecord) -> dict[str, Any]:
+    """promptcam's own fields of an image entry (the format allows more keys per image)."""
+    extras = {"heatmap": r.heatmap, "traits_image": r.traits_image, "trait_heads": r.trait_heads,
+              "explained_class": r.explained_class, "event_id": r.event_id, "seq_num_frames": r.seq_num_frames,
+              "frame_num": r.frame_num, "decisive_frames": r.decisive_frames}
+    return {k: v for k, v in extras.items() if v is not None}
+
+
 def megadetector_json(records: Sequence[ImageRecord], class_names: Sequence[str], info: dict[str, Any], *,
-                      classifier: str = "promptcam", detector: dict[str, Any] | None = None) -> dict[str, Any]:
+                      classifier: str = "promptcam", detector: dict[str, Any] | None = None,
+                      per_frame: bool = False) -> dict[str, Any]:
     """MegaDetector batch-results format 1.6 (Timelapse / AddaxAI), whole-image classifications, or
-    with ``detector`` (a ``--detections`` run) the detector's own detections, classified."""
+    with ``detector`` (a ``--detections`` run) the detector's own detections, classified.
+
+    A clip follows MegaDetector's video conventions (``frame_results_to_video_results``): its verdict as
+    one whole-frame detection at its most decisive frame (the canonical detection), or with ``per_frame``
+    one per sampled frame with that frame's classes (``include_all_processed_frames``)."""
     if detector is not None:
         return _detections_json(records, class_names, info, classifier, detector)
     categories = {str(i): name for i, name in enumerate(class_names)}
     images = []
     for r in records:
+        video = _video_fields(r) if r.media == "video" else {}
         if not r.ok:
-            images.append({"file": r.file, "failure": r.failure, "detections": None})
+            images.append({"file": r.file, "failure": r.failure, "detections": None, **video})
             continue
-        entry: dict[str, Any] = {
-            "file": r.file,
-            "detections": [{
-                "category": WHOLE_IMAGE_CATEGORY, "conf": 1.0, "bbox": [0.0, 0.0, 1.0, 1.0],
-                "classifications": [[str(c["index"]), round_probability(c["probability"])] for c in r.top_k],
-            }],
-        }
-        extras = {"heatmap": r.heatmap, "traits_image": r.traits_image, "trait_heads": r.trait_heads,
-                  "explained_class": r.explained_class}
-        entry["promptcam"] = {k: v for k, v in extras.items() if v is not None}
-        images.append(entry)
+        if r.media == "video":
+            if per_frame:
+                detections = [_whole_frame(f.get("top_k", []), frame_number=f["frame_number"]) for f in r.frames or []]
+            else:
+                detections = [_whole_frame(r.top_k, frame_number=r.decisive_frames[0])] if r.decisive_frames else []
+        else:
+            detections = [_whole_frame(r.top_k)]
+        images.append({"file": r.file, **video, "detections": detections, "promptcam": _extras(r)})
     return {
         "info": {
             "format_version": MEGADETECTOR_FORMAT_VERSION,
@@ -89,11 +116,12 @@ def _detections_json(records: Sequence[ImageRecord], class_names: Sequence[str],
     categories = {str(i): name for i, name in enumerate(class_names)}
     images: list[dict[str, Any]] = []
     for r in records:
-        extras: dict[str, Any] = {"heatmap": r.heatmap} if r.heatmap else {}
+        extras = _extras(r)
+        video = _video_fields(r) if r.media == "video" else {}
         if r.ok:
-            entry: dict[str, Any] = {"file": r.file, "detections": r.detections or []}
+            entry: dict[str, Any] = {"file": r.file, **video, "detections": r.detections or []}
         else:
-            entry = {"file": r.file, "failure": r.failure, "detections": None}
+            entry = {"file": r.file, "failure": r.failure, "detections": None, **video}
             if r.detections:
                 extras["detector_detections"] = r.detections
         if extras:
@@ -124,6 +152,9 @@ def write_json(path: Path, data: Any) -> Path:
 # -- CSV ----------------------------------------------------------------------------------------
 
 CSV_COLUMNS = ["file", "status", "top1_class", "top1_probability", "top_k", "heatmap", "trait_heads", "failure"]
+# added after those when a run has clips / events (a photo-only run's CSV keeps its columns)
+VIDEO_CSV_COLUMNS = ["media", "frame_number", "frames_processed", "decisive_frames"]
+EVENT_CSV_COLUMNS = ["event_id", "seq_num_frames", "frame_num"]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -132,20 +163,43 @@ def csv_text(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
-def write_csv(path: Path, records: Iterable[ImageRecord]) -> Path:
+def _row(file: str, status: str, top_k: Sequence[dict[str, Any]], heatmap: str | None, trait_heads: Any,
+         failure: str | None) -> list[str]:
+    top = top_k[0] if top_k else None
+    return [csv_text(file), status, csv_text(top["name"]) if top else "", f"{top['probability']:.6f}" if top else "",
+            csv_text(";".join(f"{c['name']}:{c['probability']:.6f}" for c in top_k)), csv_text(heatmap or ""),
+            " ".join(map(str, trait_heads or [])), csv_text(failure or "")]
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else " ".join(map(str, value)) if isinstance(value, list) else csv_text(str(value))
+
+
+def write_csv(path: Path, records: Sequence[ImageRecord], *, per_frame: bool = False) -> Path:
+    """One row per photo and per clip (its verdict); ``per_frame`` adds a row per sampled frame after its clip,
+    named as MegaDetector names frames (``clip.mp4/frame000030.jpg``)."""
+    videos = any(r.media == "video" for r in records)
+    events = any(r.event_id is not None for r in records)
+    columns = CSV_COLUMNS + (VIDEO_CSV_COLUMNS if videos else []) + (EVENT_CSV_COLUMNS if events else [])
     with atomic_open(path, "wb") as raw:
         # backslashreplace: a non-UTF-8 file name (surrogate escapes) is written as \udcXX, the file stays UTF-8
         fh = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", newline="")
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for r in records:
-            top = r.top_k[0] if r.top_k else None
-            writer.writerow([
-                csv_text(r.file), r.status, csv_text(top["name"]) if top else "",
-                f"{top['probability']:.6f}" if top else "",
-                csv_text(";".join(f"{c['name']}:{c['probability']:.6f}" for c in r.top_k)), csv_text(r.heatmap or ""),
-                " ".join(map(str, r.trait_heads or [])), csv_text(r.failure or ""),
-            ])
+            row = _row(r.file, r.status, r.top_k, r.heatmap, r.trait_heads, r.failure)
+            frames = r.frames or []
+            if videos:
+                row += [_cell(r.media or "photo"), "", _cell([f["frame_number"] for f in frames] if r.media else None),
+                        _cell(r.decisive_frames)]
+            if events:
+                row += [_cell(r.event_id), _cell(r.seq_num_frames), _cell(r.frame_num)]
+            writer.writerow(row)
+            for frame in frames if per_frame else []:
+                row = _row(f"{r.file}/frame{frame['frame_number']:06d}.jpg", "ok" if frame.get("top_k") else "blank",
+                           frame.get("top_k", []), frame.get("heatmap"), None, None)
+                row += ["frame", str(frame["frame_number"]), "", ""] + (["", "", ""] if events else [])
+                writer.writerow(row)
         fh.flush()
         fh.detach()  # atomic_open closes the file itself
     return path
@@ -219,7 +273,7 @@ def write_parquet(path: Path, records: Iterable[ImageRecord]) -> Path:
 
 def write_output(fmt: str, path: Path, records: Sequence[ImageRecord], class_names: Sequence[str],
                  info: dict[str, Any] | None = None, *, classifier: str = "promptcam",
-                 detector: dict[str, Any] | None = None) -> Path:
+                 detector: dict[str, Any] | None = None, per_frame: bool = False) -> Path:
     """Write one result file of format ``fmt`` (megadetector, csv, jsonl, parquet) to ``path``, atomically.
 
     ``detector``: a ``--detections`` run's detector facts (see ``megadetector_json``); the CSV then has
@@ -227,8 +281,9 @@ def write_output(fmt: str, path: Path, records: Sequence[ImageRecord], class_nam
     """
     writers: dict[str, Callable[[], Path]] = {
         "megadetector": lambda: write_json(path, megadetector_json(records, class_names, info or {},
-                                                                   classifier=classifier, detector=detector)),
-        "csv": lambda: (write_csv(path, records) if detector is None else
+                                                                   classifier=classifier, detector=detector,
+                                                                   per_frame=per_frame)),
+        "csv": lambda: (write_csv(path, records, per_frame=per_frame) if detector is None else
                         write_detections_csv(path, records, class_names, detector["detection_categories"])),
         "jsonl": lambda: write_jsonl(path, records),
         "parquet": lambda: write_parquet(path, records),
@@ -240,7 +295,8 @@ def write_output(fmt: str, path: Path, records: Sequence[ImageRecord], class_nam
 
 def write_outputs(records: Sequence[ImageRecord], out_dir: Path, class_names: Sequence[str],
                   formats: Iterable[str] = DEFAULT_FORMATS, info: dict[str, Any] | None = None, *,
-                  classifier: str = "promptcam", detector: dict[str, Any] | None = None) -> dict[str, str]:
+                  classifier: str = "promptcam", detector: dict[str, Any] | None = None,
+                  per_frame: bool = False) -> dict[str, str]:
     """Write every result file of ``formats`` into ``out_dir`` (``results.<ext>``), for every mode.
 
     Returns:
@@ -248,4 +304,5 @@ def write_outputs(records: Sequence[ImageRecord], out_dir: Path, class_names: Se
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     return {fmt: str(write_output(fmt, out_dir / OUTPUT_NAMES[fmt], records, class_names, info,
-                                  classifier=classifier, detector=detector)) for fmt in formats}
+                                  classifier=classifier, detector=detector, per_frame=per_frame))
+            for fmt in formats}

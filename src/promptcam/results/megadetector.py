@@ -164,6 +164,31 @@ def select_crops(detections: Sequence[dict[str, Any]], categories: frozenset[str
     return CropSelection(qualifying[:limit], sorted(qualifying[limit:]))
 
 
+def select_clip_crops(detections: Sequence[dict[str, Any]], categories: frozenset[str], threshold: float,
+                      max_frames: int) -> tuple[dict[int, list[int]], list[int]]:
+    """A clip's detections to classify (MegaDetector's video results: each detection has a ``frame_number``):
+    by frame, those that ``qualify``, at most ``MAX_CROPS_PER_PHOTO`` per frame and ``max_frames`` frames (the
+    first ones). Returns (frame number -> detection indices, the qualifying ones left out: no frame number,
+    or beyond the limits)."""
+    by_frame: dict[int, list[int]] = {}
+    left_out = []
+    for index, det in enumerate(detections):
+        if not qualifies(det, categories, threshold):
+            continue
+        number = det.get("frame_number")
+        if isinstance(number, int) and not isinstance(number, bool) and 0 <= number < 2**31:
+            by_frame.setdefault(number, []).append(index)
+        else:
+            left_out.append(index)
+    chosen: dict[int, list[int]] = {}
+    for number in sorted(by_frame)[:max_frames]:
+        frame = select_crops([detections[i] for i in by_frame[number]], categories, threshold)
+        chosen[number] = [by_frame[number][j] for j in frame.selected]
+        left_out += [by_frame[number][j] for j in frame.left_out]
+    left_out += [i for number in sorted(by_frame)[max_frames:] for i in by_frame[number]]
+    return chosen, sorted(left_out)
+
+
 def mark_left_out(detections: Sequence[dict[str, Any]], left_out: Sequence[int]) -> list[dict[str, Any]]:
     """A copy of a photo's detections in which each of ``left_out`` says it was not classified (and has no
     ``classifications``, even if the detector file brought some); no other detection carries the mark

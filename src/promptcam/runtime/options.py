@@ -9,6 +9,7 @@ import click
 from promptcam.core.cli import option_group
 
 from .backends import ENGINES
+from .clips import ClipOptions
 from .prediction import DEFAULT_TOP_K
 
 model_options = option_group(
@@ -46,3 +47,28 @@ def given(ctx: click.Context, *names: str) -> list[str]:
     """The options among ``names`` that the user set on the command line (not left at their default)."""
     return [f"--{name.replace('_', '-')}" for name in names
             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)]
+
+
+def clip_options_of(values: dict) -> ClipOptions:
+    """``ClipOptions`` from the command line's values (``video_options``)."""
+    return ClipOptions(fps=values["video_fps"], max_frames=values["video_max_frames"],
+                       per_frame=values.get("per_frame", False))
+
+
+video_options = option_group(
+    "Videos (.mp4 .avi .mov .mkv in the inputs)",
+    click.option("--video-fps", type=click.FloatRange(min=0.01, max=100), default=ClipOptions.fps, show_default=True,
+                 help="Frames sampled per second of video time."),
+    click.option("--video-max-frames", type=click.IntRange(min=1, max=100_000), default=ClipOptions.max_frames,
+                 show_default=True, help="Sampled frames per clip at most (an hour-long clip stops there)."),
+)
+
+events_options = option_group(
+    "Events (bursts of one camera)",
+    click.option("--events", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Group each camera's photos and clips into events: a file taken within SECONDS of the "
+                      "previous one joins its event (e.g. 60). Off by default."),
+    click.option("--camera-from", default=None,
+                 help="A regular expression searched in each file's name; its first group names the camera "
+                      "(default: the file's folder). E.g. '^(site\\d+/cam\\d+)/'."),
+)

@@ -51,6 +51,13 @@ class ImageRecord:
         detections: Runs on a detector's output (``--detections``): every detection the detector
             file lists for the image (``category``, ``conf``, ``bbox`` ...), the classified ones with
             ``classifications`` [[class id, probability], ...] added; None in whole-image runs.
+        event_id / seq_num_frames / frame_num: With events (``--events``): the burst the file belongs to, its
+            size and the file's place in it from 0 (COCO Camera Traps ``seq_id``, ``seq_num_frames``, ``frame_num``).
+        media: ``video`` for a clip (None: a photo). A clip's ``top_k`` is its verdict (``runtime.verdict``),
+            its ``heatmap`` the strip of its decisive frames.
+        frame_rate / frames / decisive_frames: A clip's frame rate, its sampled frames (``frame_number``,
+            ``seconds``, ``evidence``, their ``top_k``; with ``--per-frame`` each frame's ``heatmap``) and the
+            frame numbers that decided its verdict.
     """
 
     file: str
@@ -73,6 +80,13 @@ class ImageRecord:
     stored_path: str | None = None
     processed_at: str | None = None
     detections: list[dict[str, Any]] | None = None
+    event_id: str | None = None
+    seq_num_frames: int | None = None
+    frame_num: int | None = None
+    media: str | None = None
+    frame_rate: float | None = None
+    frames: list[dict[str, Any]] | None = None
+    decisive_frames: list[int] | None = None
 
     @property
     def ok(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -141,3 +142,22 @@ def detection_file_run(predictor, scene: dict, out: Path, log) -> tuple[RunSumma
                          detections=DetectionOptions(path=scene["md"]))
     summary = run_files(predictor, options, log=log)
     return summary, json.loads((out / "results.json").read_text())
+
+
+T0 = datetime(2026, 5, 1, 6, 0, 0)  # the first shot of the event tests
+
+
+def with_capture_time(jpeg: bytes, when: datetime) -> bytes:
+    """A JPEG with an EXIF block holding DateTimeOriginal (in the Exif sub-IFD, where cameras put it)."""
+    stamp = when.strftime("%Y:%m:%d %H:%M:%S").encode() + b"\x00"
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, 26) + struct.pack("<I", 0)
+    exif_ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x9003, 2, 20, 44) + struct.pack("<I", 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + exif_ifd + stamp
+    app1 = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def write_shot(path, when: datetime | None, seed: int) -> None:
+    write_jpeg(path, background(np.random.default_rng(seed), 96, 72))
+    if when is not None:
+        path.write_bytes(with_capture_time(path.read_bytes(), when))

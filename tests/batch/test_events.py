@@ -6,36 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import struct
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pytest
-from camera_trap_scenes import background, write_jpeg
+from camera_trap_scenes import T0, write_shot
 
 from promptcam.batch.run import RunOptions, run_files
 from promptcam.core.errors import PromptCamError
 from promptcam.results.events import camera_of, camera_pattern, group_events
 from promptcam.runtime.records import ImageRecord
-
-
-def with_capture_time(jpeg: bytes, when: datetime) -> bytes:
-    """A JPEG with an EXIF block holding DateTimeOriginal (in the Exif sub-IFD, where cameras put it)."""
-    stamp = when.strftime("%Y:%m:%d %H:%M:%S").encode() + b"\x00"
-    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, 26) + struct.pack("<I", 0)
-    exif_ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x9003, 2, 20, 44) + struct.pack("<I", 0)
-    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + exif_ifd + stamp
-    app1 = b"Exif\x00\x00" + tiff
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
-
-
-def write_shot(path, when: datetime | None, seed: int) -> None:
-    write_jpeg(path, background(np.random.default_rng(seed), 96, 72))
-    if when is not None:
-        path.write_bytes(with_capture_time(path.read_bytes(), when))
-
-
-T0 = datetime(2026, 5, 1, 6, 0, 0)
 
 # (camera folder, file, seconds after T0, the event it belongs to)
 SHOTS = [

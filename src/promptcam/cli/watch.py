@@ -9,10 +9,13 @@ import click
 from promptcam.core.cli import grouped_command, option_group, run_cli, verbose_option
 from promptcam.runtime.options import (
     category_list,
+    clip_options_of,
     det_categories_option,
     det_threshold_option,
+    events_options,
     explain_options,
     model_options,
+    video_options,
 )
 from promptcam.station.options import SidecarOptions, WatchOptions
 
@@ -43,7 +46,8 @@ from promptcam.station.options import SidecarOptions, WatchOptions
                  help="Health JSON (queue depth, images/s, last error), updated periodically."),
     click.option("--workers", type=click.IntRange(min=1), default=WatchOptions.workers, show_default=True,
                  help="Threads reading, hashing and decoding each batch's files."),
-    click.option("--no-events", is_flag=True, help="Polling only (no inotify/watchdog)."),
+    click.option("--no-events", is_flag=True,
+                 help="Polling only (no inotify/watchdog file-system events; bursts are --events SECONDS)."),
     click.option("--once", is_flag=True, help="Process what is there, then exit."),
     click.option("--batch-delay", type=float, default=0.0, hidden=True, help="Test hook: pause before each commit."),
 )
@@ -57,12 +61,15 @@ from promptcam.station.options import SidecarOptions, WatchOptions
     click.option("--sidecar-wait", type=click.FloatRange(min=0), default=SidecarOptions.wait, show_default=True,
                  help="Seconds a ready photo waits for its sidecar before it is recorded as failed."),
 )
+@video_options
+@events_options
 @verbose_option
 def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size: int, threads: int | None, top_k: int,
           traits: int, settle: float, incomplete_wait: float, poll: float, heatmaps: Path | None,
           move_processed: Path | None, failed_dir: Path | None, jsonl: Path | None, status_file: Path | None,
           no_events: bool, workers: int, once: bool, batch_delay: float, detections_mode: str | None,
-          det_threshold: float, det_categories: str, sidecar_wait: float, verbose: bool) -> None:
+          det_threshold: float, det_categories: str, sidecar_wait: float, video_fps: float, video_max_frames: int,
+          events: float | None, camera_from: str | None, verbose: bool) -> None:
     """Classify images as they arrive in INBOX; results go to SQLite. Restart-safe.
 
     Output folders inside INBOX are left out of the scan; an output folder that is INBOX is refused.
@@ -84,7 +91,9 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
             inbox=inbox, db=db or inbox.resolve().parent / "results.sqlite", top_k=top_k, traits=traits, settle=settle,
             poll=poll, heatmaps=heatmaps, move_processed=move_processed, failed_dir=failed_dir, jsonl=jsonl,
             status_file=status_file, use_events=not no_events, once=once, batch_delay=batch_delay,
-            incomplete_wait=incomplete_wait, detections=sidecars, workers=workers)
+            incomplete_wait=incomplete_wait, detections=sidecars, workers=workers,
+            clips=clip_options_of({"video_fps": video_fps, "video_max_frames": video_max_frames}), events=events,
+            camera_from=camera_from)
         options.check()  # before the model loads: a wrong setting is one line, at once
         predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
         click.echo(f"engine {predictor.engine_description}", err=True)

@@ -84,10 +84,27 @@ CREATE TABLE IF NOT EXISTS duplicates (
     UNIQUE (source, file, size, mtime_ns)
 );
 CREATE INDEX IF NOT EXISTS duplicates_stored ON duplicates (stored_path);
+-- --events: one row per event, derived from its rows' (refresh_events): a kill before the refresh loses nothing
+CREATE TABLE IF NOT EXISTS events (
+    source TEXT NOT NULL,
+    event_id TEXT NOT NULL,            -- CAMERA@START (results.events)
+    camera TEXT NOT NULL,
+    start TEXT NOT NULL,               -- first and last capture time of its files
+    end TEXT NOT NULL,
+    seq_num_frames INTEGER NOT NULL,
+    verdict TEXT,                      -- the top class of the mean probabilities (NULL: blank)
+    event_confidence REAL,
+    top_k TEXT,                        -- JSON [{"index", "name", "probability"}]
+    closed INTEGER NOT NULL DEFAULT 0, -- no new file can join it any more
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (source, event_id)
+);
 """
 # columns added after schema version 1 shipped: added to older databases on open
 ADDED_COLUMNS = {"file_raw": "BLOB", "move_error": "TEXT", "detections": "TEXT", "inode": "INTEGER",
-                 "ctime_ns": "INTEGER"}
+                 "ctime_ns": "INTEGER", "media": "TEXT", "frame_rate": "REAL", "frames": "TEXT",
+                 "decisive_frames": "TEXT", "event_id": "TEXT", "seq_num_frames": "INTEGER", "frame_num": "INTEGER"}
+JSON_COLUMNS = ("top_k", "probabilities", "trait_heads", "detections", "frames", "decisive_frames")
 ADDED_DUPLICATE_COLUMNS = {"inode": "INTEGER", "ctime_ns": "INTEGER"}
 MOVE_TABLES = ("results", "duplicates")
 FileId = tuple[int, int]  # (st_ino, st_ctime_ns) of the file a row was read from
@@ -113,7 +130,9 @@ def record_from_row(row: dict[str, Any]) -> ImageRecord:
         explained_class=row["explained_class"], trait_heads=row["trait_heads"], heatmap=row["heatmap"],
         probabilities=row["probabilities"], source=row["source"], sha256=row["sha256"], size=row["size"],
         mtime_ns=row["mtime_ns"], taken_at=row["taken_at"], stored_path=row["stored_path"],
-        processed_at=row["processed_at"], detections=row.get("detections"))
+        processed_at=row["processed_at"], detections=row.get("detections"), media=row.get("media"),
+        frame_rate=row.get("frame_rate"), frames=row.get("frames"), decisive_frames=row.get("decisive_frames"),
+        event_id=row.get("event_id"), seq_num_frames=row.get("seq_num_frames"), frame_num=row.get("frame_num"))
 
 
 class ResultStore:
@@ -131,6 +150,7 @@ class ResultStore:
             for column, kind in added.items():
                 if column not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self.db.execute("CREATE INDEX IF NOT EXISTS results_event ON results (source, event_id)")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @classmethod
@@ -177,8 +197,9 @@ class ResultStore:
         """
         sql = ("INSERT OR IGNORE INTO results (source, file, sha256, size, mtime_ns, taken_at, processed_at, status,"
                " failure, width, height, top1, top1_probability, top_k, probabilities, explained_class, trait_heads,"
-               " heatmap, stored_path, file_raw, detections, inode, ctime_ns)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               " heatmap, stored_path, file_raw, detections, media, frame_rate, frames, decisive_frames, event_id,"
+               " inode, ctime_ns)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         rows = list(rows)
         ids = list(file_ids) if file_ids is not None else [None] * len(rows)
         with self.db:
@@ -320,10 +341,56 @@ class ResultStore:
         names = [d[0] for d in cursor.description]
         for values in cursor:
             row = dict(zip(names, values, strict=True))
-            for key in ("top_k", "probabilities", "trait_heads", "detections"):
-                if row[key] is not None:
+            for key in JSON_COLUMNS:
+                if row.get(key) is not None:
                     row[key] = json.loads(row[key])
             yield row
+
+    # -- events (--events) ----------------------------------------------------------------------
+
+    def recent_events(self, source: str, camera: str, limit: int = 8) -> list[tuple[str, str, str]]:
+        """(event_id, start, end) of a camera's latest events (a file may still join one of them)."""
+        return self.db.execute("SELECT event_id, start, end FROM events WHERE source=? AND camera=? "
+                               "ORDER BY end DESC LIMIT ?", (source, camera, limit)).fetchall()
+
+    def stale_events(self, source: str) -> list[str]:
+        """Event ids of rows whose event row is missing or not closed (to refresh after a restart)."""
+        return [e for (e,) in self.db.execute(
+            "SELECT DISTINCT r.event_id FROM results r LEFT JOIN events e ON e.source=r.source AND "
+            "e.event_id=r.event_id WHERE r.source=? AND r.event_id IS NOT NULL AND (e.event_id IS NULL OR "
+            "e.closed=0)", (source,))]
+
+    def save_event(self, source: str, summary: dict[str, Any], members: Sequence[int]) -> None:
+        """Write an event's row (``summary``: the ``events`` columns) and its files' places in it (``members``:
+        row ids in capture order), in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT OR REPLACE INTO events (source, event_id, camera, start, end, seq_num_frames, verdict, "
+                "event_confidence, top_k, closed, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "coalesce((SELECT closed FROM events WHERE source=? AND event_id=?), 0), ?)",
+                (source, summary["event_id"], summary["camera"], summary["start"], summary["end"], len(members),
+                 summary["verdict"], summary["event_confidence"], json.dumps(summary["top_k"]), source,
+                 summary["event_id"], utc_now()))
+            for position, row_id in enumerate(members):
+                self.db.execute("UPDATE results SET frame_num=?, seq_num_frames=? WHERE id=?",
+                                (position, len(members), row_id))
+
+    def close_events(self, source: str, camera: str, before: str) -> None:
+        """Close a camera's events that ended before ``before`` (a capture time): no file can join them now."""
+        with self.db:
+            self.db.execute("UPDATE events SET closed=1 WHERE source=? AND camera=? AND closed=0 AND end<?",
+                            (source, camera, before))
+
+    def events(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Every event row (``top_k`` parsed), by start time."""
+        cursor = self.db.execute("SELECT * FROM events" + (" WHERE source=?" if source else "") +
+                                 " ORDER BY start, camera", (source,) if source else ())
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, values, strict=True)) for values in cursor]
+        for row in rows:
+            row["top_k"] = json.loads(row["top_k"]) if row["top_k"] else []
+        return rows
 
 
 @dataclass
@@ -345,4 +412,6 @@ def _values(r: ImageRecord) -> tuple[Any, ...]:
             db_text(r.failure), r.width, r.height, db_text(r.top1), r.top1_probability, json.dumps(r.top_k),
             json.dumps(r.probabilities) if r.probabilities is not None else None, db_text(r.explained_class),
             json.dumps(r.trait_heads) if r.trait_heads is not None else None, db_text(r.heatmap),
-            db_text(r.stored_path), raw, json.dumps(r.detections) if r.detections is not None else None)
+            db_text(r.stored_path), raw, json.dumps(r.detections) if r.detections is not None else None,
+            r.media, r.frame_rate, json.dumps(r.frames) if r.frames is not None else None,
+            json.dumps(r.decisive_frames) if r.decisive_frames is not None else None, db_text(r.event_id))

@@ -34,11 +34,13 @@ import cv2
 from promptcam.core.errors import ImageError, PromptCamError
 from promptcam.results.megadetector import MAX_CROPS_PER_PHOTO
 from promptcam.results.store import ResultStore
+from promptcam.runtime.clips import classify_clip
 from promptcam.runtime.predictor import Predictor
-from promptcam.runtime.records import CropBoxes, ImageRecord, db_text, heatmap_paths, record_prediction
+from promptcam.runtime.records import CropBoxes, HeatmapFiles, ImageRecord, db_text, heatmap_paths, record_prediction
 
 from .archive import contained
 from .commit import Committer
+from .events import StationEvents
 from .intake import Intake, Taken, file_is_young
 from .options import WatchOptions
 from .readiness import FileVersion, InboxScanner, wake_on_events
@@ -70,7 +72,8 @@ class InboxWatcher:
         self.intake = Intake(self.source, predictor.config, find_row=self.store.find_row,
                              find_seen=self.store.find_seen, sidecars=sidecars,
                              keep_preview=self.heatmap_root is not None, young=self._young, fail=self._failed,
-                             categories=self.store.meta_json("detection_categories") if sidecars else None)
+                             categories=self.store.meta_json("detection_categories") if sidecars else None,
+                             clip_frames=options.clips.max_frames)
         self.committer = Committer(self.inbox, self.source, self.store, archive_root=archive_root,
                                    failed_root=failed_root, jsonl=options.jsonl, move_sidecars=sidecars is not None,
                                    log=log)
@@ -82,6 +85,9 @@ class InboxWatcher:
         if sidecars is not None:  # export-results and review name the classes of crops by it
             self.store.set_meta("class_names", json.dumps(list(predictor.class_names)))
         self._saved_categories = dict(self.intake.categories)
+        self.events = None if options.events is None else StationEvents(
+            self.store, self.source, options.events, predictor.class_names, camera_from=options.camera_from,
+            detector=sidecars is not None)
 
     def _excluded_folders(self, outputs: dict[str, Path | None]) -> set[str]:
         """Output folders inside the inbox, left out of the scan (an output that is the inbox is refused)."""
@@ -148,8 +154,11 @@ class InboxWatcher:
         return 0
 
     def start(self) -> None:
-        """Before the first scan (``run`` calls it): replay what a kill left undone (``Committer.resume``)."""
+        """Before the first scan (``run`` calls it): replay what a kill left undone (``Committer.resume``, and
+        the summaries of events still open)."""
         self.committer.resume()
+        if self.events is not None:
+            self.events.start()
 
     def step(self) -> int:
         """One scan of the inbox, and every file it found ready processed in batches (``run``'s loop body; a
@@ -196,6 +205,10 @@ class InboxWatcher:
                 self.counts.not_ready += 1
                 self.scanner.tracker.defer(item.path, self._scan_now)
         self._classify([t for t in taken if t.photo is not None])
+        self._classify_clips([t for t in taken if t.video and t.row is not None and t.row.failure is None])
+        rows = [t.row for t in taken if t.row is not None]
+        if self.events is not None:
+            self.events.assign(rows)
         if self.options.batch_delay:
             self.log(f"batch of {len(taken)} read; committing in {self.options.batch_delay}s (--batch-delay)")
             time.sleep(self.options.batch_delay)
@@ -209,7 +222,8 @@ class InboxWatcher:
         for item in taken:
             if item.not_ready is None:  # the file the row was made from: a file changed since is read again
                 self.scanner.done(item.path, item.key, sidecar_paths(item.path) if self.options.detections else ())
-        rows = [t.row for t in taken if t.row is not None]
+        if self.events is not None:
+            self.events.refresh([r.event_id for r in rows])
         failed = sum(r.failure is not None for r in rows)
         self.counts.processed += len(rows) - failed
         self.counts.failed += failed
@@ -258,14 +272,32 @@ class InboxWatcher:
                              CropBoxes(item.selected, item.photo.squares or [], item.photo.size))
                 start += count
 
+    def _classify_clips(self, items: list[Taken]) -> None:
+        """Each clip through the one clip path (its frames sampled, classified, combined, drawn as a strip)."""
+        for item in items:
+            try:
+                classify_clip(self.predictor, item.row, str(item.path), options=self.options.clips,
+                              top_k=self.options.top_k, heatmaps=self._heatmaps(item), boxes=item.clip_boxes)
+            except (OSError, ImageError, cv2.error) as exc:
+                self.status.last_error = f"{db_text(item.rel)}: heatmap not written ({exc})"
+                self.log(self.status.last_error)
+            if item.row.failure is not None:
+                self.status.last_error = item.row.failure
+                self.log(f"failed: {db_text(item.row.failure)}")
+
+    def _heatmaps(self, item: Taken) -> HeatmapFiles | None:
+        """Where a file's heatmaps go (None: not drawn, or a path that would leave the heatmap folder)."""
+        if self.heatmap_root is None:
+            return None
+        heatmaps = heatmap_paths(self.heatmap_root, item.rel, tag=item.row.sha256[:12], readable=True)
+        if not contained(heatmaps.heatmap, self.heatmap_root):
+            self.log(f"{db_text(item.rel)}: heatmap path leaves {self.heatmap_root}; not drawn")
+            return None
+        return heatmaps
+
     def _record(self, item: Taken, prediction: Any, crops: CropBoxes | None = None) -> None:
         """One row from its prediction; a heatmap that cannot be written is logged, the row stays."""
-        heatmaps = None
-        if self.heatmap_root is not None:
-            heatmaps = heatmap_paths(self.heatmap_root, item.rel, tag=item.row.sha256[:12], readable=True)
-            if not contained(heatmaps.heatmap, self.heatmap_root):
-                self.log(f"{db_text(item.rel)}: heatmap path leaves {self.heatmap_root}; not drawn")
-                heatmaps = None
+        heatmaps = self._heatmaps(item)
         try:
             record_prediction(item.row, prediction, self.predictor.class_names, preview=item.photo.preview,
                               heatmaps=heatmaps, crops=crops, keep_probabilities=crops is None)

@@ -27,13 +27,14 @@ import numpy as np
 
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError, PromptCamError
-from promptcam.results.megadetector import category_ids, mark_left_out, select_crops
+from promptcam.results.megadetector import category_ids, mark_left_out, select_clip_crops, select_crops
 from promptcam.results.store import FileId, FileKey
 from promptcam.runtime.crops import box_failure
 from promptcam.runtime.exif import exif_datetime
 from promptcam.runtime.images import check_dimensions, read_regular_file
 from promptcam.runtime.model_input import HEATMAP_PREVIEW_SIDE, ModelInput, model_input
 from promptcam.runtime.records import ImageRecord, db_text
+from promptcam.runtime.video import DEFAULT_VIDEO_MAX_FRAMES, is_video_path
 
 from .archive import valid_taken_at
 from .options import SidecarOptions
@@ -84,6 +85,8 @@ class Taken:
     read_failure: str | None = None
     not_ready: str | None = None
     unreadable: bool = False
+    video: bool = False  # a clip: classified from its path by the one clip path (``runtime.clips``), not decoded here
+    clip_boxes: dict[int, list[int]] | None = None  # a clip's sidecar boxes by frame number
 
     @property
     def rel(self) -> str:
@@ -143,7 +146,8 @@ class Intake:
     def __init__(self, source: str, config: ModelConfig, *, find_row: Callable[[str, str, str], Any],
                  find_seen: Callable[..., tuple[str, int] | None], sidecars: SidecarOptions | None, keep_preview: bool,
                  young: Callable[[Path, float], bool],
-                 fail: Callable[..., ImageRecord], categories: dict[str, str] | None = None) -> None:
+                 fail: Callable[..., ImageRecord], categories: dict[str, str] | None = None,
+                 clip_frames: int = DEFAULT_VIDEO_MAX_FRAMES) -> None:
         self.source = source
         self.config = config
         self.find_row = find_row
@@ -153,6 +157,7 @@ class Intake:
         self.young = young
         self.fail = fail
         self.categories: dict[str, str] = dict(categories or {})
+        self.clip_frames = clip_frames  # a clip's sidecar: frames classified at most (--video-max-frames)
 
     def read(self, path: Path, rel: str) -> tuple[Taken, np.ndarray | None, str | None]:
         """Read and hash one file (any thread): (taken so far, its bytes, its capture time)."""
@@ -235,6 +240,11 @@ class Intake:
 
     def _decode(self, taken: Taken, data: np.ndarray) -> Taken:
         row, shown = taken.row, db_text(str(taken.path))
+        if is_video_path(taken.path):
+            taken.video = True
+            if self.sidecars is not None:
+                self._sidecar_boxes(taken)  # a clip's boxes by frame (taken.clip_boxes); its frames decode later
+            return taken
         boxes = None
         if self.sidecars is not None:
             boxes = self._sidecar_boxes(taken)
@@ -314,6 +324,12 @@ class Intake:
             self._failed(taken, f"{shown}: the detector failed on it ({sidecar.failure or 'no detections'}; "
                                 f"{db_text(str(sidecar_path))})")
             return None
+        if taken.video:
+            taken.clip_boxes, left_out = select_clip_crops(sidecar.detections, wanted, self.sidecars.threshold,
+                                                           self.clip_frames)
+            taken.row.detections = mark_left_out(sidecar.detections, left_out)
+            taken.left_out = len(left_out)
+            return []
         chosen = select_crops(sidecar.detections, wanted, self.sidecars.threshold)
         taken.row.detections = mark_left_out(sidecar.detections, chosen.left_out)
         taken.selected, taken.left_out = chosen.selected, len(chosen.left_out)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptcam.core.errors import PromptCamError
 from promptcam.results.megadetector import DEFAULT_CATEGORIES, DEFAULT_THRESHOLD, check_threshold
+from promptcam.runtime.clips import ClipOptions
 from promptcam.runtime.prediction import DEFAULT_TOP_K
 
 
@@ -46,9 +47,16 @@ class WatchOptions:
     incomplete_wait: float = 120.0  # how long a file that looks half-written is waited for
     detections: SidecarOptions | None = None  # classify the crops of each image's detector sidecar
     workers: int = 4  # threads reading, hashing and decoding a batch's files
+    clips: ClipOptions = field(default_factory=ClipOptions)  # how video clips are sampled (--video-fps ...)
+    events: float | None = None  # group each camera's files into events: seconds between shots (--events)
+    camera_from: str | None = None  # a regular expression whose first group names a file's camera
 
     def check(self) -> None:
         """Refuse a setting the station cannot honour (before the model loads: one line, at once)."""
+        if self.events is not None:
+            from promptcam.results.events import camera_pattern
+
+            camera_pattern(self.camera_from)
         if self.detections is None:
             return
         check_threshold(self.detections.threshold)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from promptcam.results.store import FileKey
-from promptcam.runtime.images import is_image_path
 from promptcam.runtime.records import db_text
+from promptcam.runtime.video import is_media_path
 
 from .sidecar import find_sidecar, is_sidecar_name
 
@@ -132,8 +132,8 @@ class InboxScanner:
             return "hidden or temporary upload name"
         if self.sidecar_wait is not None and is_sidecar_name(name):
             return None  # read with its image, never an image itself
-        if not is_image_path(name):
-            return "not an image file name"
+        if not is_media_path(name):
+            return "not a photo or video file name"
         try:
             st = os.lstat(path)
         except FileNotFoundError:

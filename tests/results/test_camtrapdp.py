@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import cv2
@@ -563,3 +563,33 @@ def test_the_offline_validation_can_fail(tmp_path) -> None:
     del descriptor["spatial"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(descriptor, PROFILE)
+
+
+def test_events_and_clips_give_event_level_observations(tiny_predictor, tmp_path) -> None:
+    from camera_trap_scenes import T0, write_shot
+    from video_world import write_clip
+
+    from promptcam.batch.run import RunOptions, run_files
+
+    photos = tmp_path / "photos"
+    for k, seconds in enumerate((0, 2, 4, 300)):  # a burst of three, then one alone
+        write_shot(photos / "cam_a" / f"IMG_{k:04d}.JPG", T0 + timedelta(seconds=seconds), k)
+    write_clip(photos / "cam_a" / "CLIP_0001.MP4", None, 5, frames=20)
+    stamp = (T0 + timedelta(seconds=6)).replace(tzinfo=timezone.utc).timestamp()
+    os.utime(photos / "cam_a" / "CLIP_0001.MP4", (stamp, stamp))  # filmed right after the burst
+    run_files(tiny_predictor, RunOptions(inputs=[photos], out_dir=tmp_path / "out", progress=False, events=60),
+              log=lambda _: None)
+    deployments = _csv(tmp_path / "dep.csv", [["folder", "latitude", "longitude"], ["cam_a", "46.5", "7.9"]])
+    result = _export(tmp_path / "out", tmp_path / "pkg", "--deployments", deployments)
+    assert result.returncode == 0, result.stderr
+    tables = validate_package(tmp_path / "pkg")
+    events = [o for o in tables["observations"] if o["observationLevel"] == "event"]
+    assert len(events) == 2 and all(o["mediaID"] == "" and o["classificationProbability"] for o in events)
+    burst = next(o for o in events if o["eventStart"] != o["eventEnd"])
+    assert burst["eventStart"] == "2026-05-01T06:00:00Z" and burst["eventEnd"] == "2026-05-01T06:00:06Z"
+    media_level = [o for o in tables["observations"] if o["observationLevel"] == "media"]
+    assert {o["eventID"] for o in media_level} == {o["eventID"] for o in events}
+    clip = next(m for m in tables["media"] if m["fileName"] == "CLIP_0001.MP4")
+    assert clip["fileMediatype"] == "video/mp4"
+    assert json.loads((tmp_path / "pkg" / "datapackage.json").read_text())["project"]["observationLevel"] == [
+        "media", "event"]

@@ -11,7 +11,8 @@ A package is ``datapackage.json`` plus ``deployments.csv``, ``media.csv`` and ``
   without latitude/longitude in ``--deployments`` is refused (the standard requires them).
 - **Media timestamp** (UTC): the record's ``taken_at`` (EXIF DateTimeOriginal, read as UTC as the station
   records it), else the file's mtime when read, else the time it was classified.
-- **Observations** are media-level. Whole-image runs: one per image. Detection runs: one per classified
+- **Observations** are media-level, and with events (``--events``) also event-level (``media_events``): one
+  per event with its verdict. Whole-image runs: one per image. Detection runs: one per classified
   detection (its box), one per unclassified detection at or above the run's detection threshold typed by
   the detector's category (person -> human, vehicle -> vehicle, animal -> animal without a taxon), and one
   ``blank`` for an image with neither. ``observationType``: ``animal``; ``unknown`` when the top
@@ -39,6 +40,7 @@ from typing import Any
 from promptcam.core.atomic import atomic_open, atomic_write_text
 from promptcam.core.errors import PromptCamError
 from promptcam.runtime.records import ImageRecord, db_text
+from promptcam.runtime.verdict import combine_frames
 
 from .camtrapdp_tables import (
     DEPLOYMENT_COLUMNS,
@@ -53,6 +55,8 @@ from .camtrapdp_tables import (
     parse_time,
     utc_time,
 )
+from .events import record_probabilities
+from .formats import class_names_seen
 from .megadetector import DEFAULT_THRESHOLD
 
 DETECTOR_TYPES = {"animal": "animal", "person": "human", "human": "human", "vehicle": "vehicle"}
@@ -234,16 +238,36 @@ class _Builder:
                                          classifiedBy=self.detector_by)]
 
 
-def media_events(media: list[dict[str, str]],
-                 observations: list[dict[str, str]]) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """The event level: (mediaID -> eventID, event-level observations).
+def media_events(media: list[tuple[dict[str, str], ImageRecord]], builder: _Builder,
+                 class_names: Sequence[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The event level: (mediaID -> eventID, event-level observations) of records that carry an ``event_id``
+    (``--events``).
 
-    TODO(issue 29, events): group each deployment's media into events (sequences) and return their
-    event-level observations (``observationLevel`` ``event``, ``eventStart``/``eventEnd`` of the sequence,
-    no ``mediaID``, mutually exclusive so that their ``count`` sums). The writer then fills ``eventID`` of
-    the media-level observations and adds ``event`` to ``project.observationLevel``. Until then: none.
+    One observation per event, ``observationLevel`` ``event``, no ``mediaID``, ``eventStart``/``eventEnd`` its
+    first and last media: the event's verdict by the one rule of clips and events (``runtime.verdict``: the mean
+    of its media's probabilities), ``classificationProbability`` the ``event_confidence``; ``blank`` when no
+    medium of it has a class.
     """
-    return {}, []
+    groups: dict[str, list[tuple[dict[str, str], ImageRecord]]] = {}
+    for row, record in media:
+        if record.event_id:
+            groups.setdefault(db_text(record.event_id) or "", []).append((row, record))
+    event_of = {row["mediaID"]: eid for eid, members in groups.items() for row, _ in members}
+    observations = []
+    for eid, members in sorted(groups.items()):
+        times = sorted(row["timestamp"] for row, _ in members)
+        verdict = combine_frames([record_probabilities(r, len(class_names)) for _, r in members],
+                                 detector=any(r.detections is not None for _, r in members))
+        first = {"mediaID": "", "deploymentID": members[0][0]["deploymentID"], "timestamp": times[0]}
+        if verdict.blank:
+            row = builder.observation(first, 0, "blank", classificationMethod="machine",
+                                      classifiedBy=builder.promptcam_by)
+        else:
+            row = builder.classification(members[0][1], first, 0, class_names[verdict.top_class], verdict.confidence)
+        row.update({"observationID": f"event-{hashlib.sha256(eid.encode()).hexdigest()[:16]}", "mediaID": "",
+                    "eventID": eid, "eventStart": times[0], "eventEnd": times[-1], "observationLevel": "event"})
+        observations.append(row)
+    return event_of, observations
 
 
 def _deployments(folders: dict[str, list[str]], options: CamtrapOptions,
@@ -387,7 +411,8 @@ def write_camtrap_dp(out_dir: Path, records: Sequence[ImageRecord], provenance: 
     media.sort(key=lambda m: (m[0]["deploymentID"], m[0]["timestamp"], m[0]["fileName"], m[0]["mediaID"]))
     observations = [obs for row, record in media for obs in builder.observations(record, row)]
     media_rows = [row for row, _ in media]
-    event_of, event_rows = media_events(media_rows, observations)
+    event_of, event_rows = media_events(media, builder, provenance.class_names or class_names_seen(
+        [record for _, record in media]))
     for obs in observations:
         obs["eventID"] = event_of.get(obs["mediaID"], "")
     observations += event_rows

@@ -13,9 +13,13 @@ from helpers import run_cli
 def test_quick_bench_carries_the_real_size_row(tmp_path) -> None:
     result = run_cli("promptcam-bench", "--quick", "--batch", "2", "--iters", "1", "--warmup", "0",
                      "--e2e-images", "0", "--no-real-scale", "--backends", "ort-cpu-fp32,ort-cpu-int8",
-                     "--real-size-frames", "2", "--out", tmp_path)
+                     "--real-size-frames", "2", "--video-clips", "1", "--video-seconds", "2", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    real = json.loads((tmp_path / "bench.json").read_text())["real_size"]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    video = data["video"]  # the video row: the same frames from a clip and as JPEGs
+    assert video["frames_classified"] == 2 and video["clip_frames_per_s"] > 0 and video["jpeg_frames_per_s"] > 0
+    assert "## Video" in (tmp_path / "bench.md").read_text()
+    real = data["real_size"]
     assert real["frames"] == 2 and real["size"] == "4000x3000" and real["mean_file_mb"] > 0.5
     # on a CPU: the int8 export, the fastest model (decoding has the least room beside it)
     assert real["backend"] == "ort-cpu-int8" and real["batch"] == 2 and "CPUExecutionProvider" in real["engine"]

@@ -200,6 +200,10 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
               help="Images for the folder measurement (0: off).")
 @click.option("--real-size-frames", type=int, default=16, show_default=True,
               help="Frames of the real-size row: 12 MP JPEGs against the same frames pre-shrunk (0: off).")
+@click.option("--video-clips", type=click.IntRange(min=0), default=2, show_default=True,
+              help="The video row: N 1080p clips against the same sampled frames as JPEGs (0: off).")
+@click.option("--video-seconds", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="Length of each clip of the video row.")
 @click.option("--real-scale/--no-real-scale", default=True, show_default=True,
               help="Also measure on a real-scale checkpoint of the same architecture (logits ~±40).")
 @click.option("--real-scale-backends", default="ort-cpu-fp32,ort-cpu-int8,ort-cuda-fp16,trt-fp16", show_default=True,
@@ -218,7 +222,8 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
 @verbose_option
 def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: str, warmup: int, iters: int,
-         seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, real_scale: bool,
+         seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, video_clips: int,
+         video_seconds: float, real_scale: bool,
          real_scale_backends: str, eager_batches: str | None, peer_device: str, compile_backend: str,
          compile_mode: str | None, profile_batch: int, work: Path | None, out: Path, verbose: bool) -> None:
     """Measure every backend side by side; write bench.json, bench.md and bench.png to OUT."""
@@ -352,6 +357,15 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
                     real["backend"] = sized.name
                     click.echo(f"  real-size: 12 MP {real['large_img_per_s']:.1f} img/s, pre-shrunk "
                                f"{real['small_img_per_s']:.1f} img/s, ratio {real['ratio']}")
+                if video_clips:
+                    from promptcam.benchmarks.videorate import video_row
+
+                    sized = primary if primary.on_gpu else built.get("ort-cpu-int8", primary)
+                    video = result["video"] = video_row(sized.model_dir, sized.engine, clips=video_clips,
+                                                        seconds=video_seconds, threads=n_threads, batch=max(sizes))
+                    video["backend"] = sized.name
+                    click.echo(f"  video: {video['clip_frames_per_s']:.1f} frames/s from clips, "
+                               f"{video['jpeg_frames_per_s']:.1f} from the same frames as JPEGs")
             if profile_batch:
                 result["profile"] = _profile(built, profile_batch, n_threads, out)
             paths = write_reports(result, out)

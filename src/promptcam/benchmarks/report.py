@@ -87,6 +87,16 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{real['ratio_full_decode']:.2f} | {fmt(real, 'large_full_decode_cpu_ms_per_image', '.0f')} |",
                   "", "CPU ms per image: the process's CPU time over all threads (least of the runs), steadier than "
                   "img/s when other work shares the machine."]
+    video = result.get("video")
+    if video:
+        lines += ["", f"## Video: {video['clips']} clips of {video['clip_seconds']:g} s, {video['size']} at "
+                  f"{video['clip_fps']:g} fps, sampled at {video['sample_fps']:g} fps, against the same frames as "
+                  "JPEGs", "", f"{video.get('backend', '')} ({video['engine']}), batch {video['batch']}; fastest of "
+                  "the alternated runs.", "", "| input | frames classified / s | vs JPEGs |", "| --- | ---: | ---: |",
+                  f"| JPEG photos | {video['jpeg_frames_per_s']:.1f} | 1.00 |",
+                  f"| clips | {video['clip_frames_per_s']:.1f} | {video['clip_over_jpeg']:.2f} |", "",
+                  f"Clip decode alone: {video['decode_ms_per_frame']} ms per classified frame (every frame of the "
+                  "clip is decoded; it runs in its own thread, beside inference)."]
     for key, title in (("end_to_end", "End to end (promptcam-run on a folder)"), ("traits", "Trait ranking")):
         if result.get(key):
             lines += ["", f"{title}:"] + [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}"

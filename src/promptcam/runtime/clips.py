@@ -10,7 +10,9 @@ and the clip's heatmap is the strip of its decisive frames, each showing the ver
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +101,58 @@ def classify_clip(predictor: Predictor, record: ImageRecord, path: str, *, optio
     return record
 
 
+def prefetched(frames: Iterator[VideoFrame], depth: int) -> Iterator[VideoFrame]:
+    """``frames`` decoded in a thread of their own, at most ``depth`` ahead: the clip's decode overlaps the
+    model's inference of the frames before (as a folder run's decode workers do). Its errors re-raise here;
+    stopping early stops the decoder (and releases the clip)."""
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def decode() -> None:
+        try:
+            for frame in frames:
+                while not stop.is_set():
+                    try:
+                        buffer.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            buffer.put(exc)
+            return
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None and stop.is_set():
+                close()
+        buffer.put(done)
+
+    thread = threading.Thread(target=decode, name="clip-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get(timeout=0.1)  # unblock a decoder waiting to put
+            except queue.Empty:
+                pass
+
+
 def _classify_frames(predictor: Predictor, frames: Any, record: ImageRecord, boxes: dict[int, list[int]] | None,
                      top_k: int, keep_preview: bool) -> list[_Frame]:
-    """Frames to the model in batches of the backend's size, as they are decoded (memory: one batch of frames)."""
+    """Frames to the model in batches of the backend's size, decoded one batch ahead (``prefetched``)."""
     config = predictor.config
+    frames = prefetched(frames, predictor.batch_size)
     seen: list[_Frame] = []
     pending: list[_Frame] = []
 

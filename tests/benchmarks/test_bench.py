@@ -13,7 +13,8 @@ from helpers import run_cli
 def test_quick_bench_writes_reports(tmp_path) -> None:
     # the peers on the CPU (bfloat16 autocast; torch.compile plumbing with backend="eager"): their code path
     result = run_cli("promptcam-bench", "--quick", "--batch", "1,2", "--eager-batch", "2", "--iters", "2",
-                     "--warmup", "0", "--e2e-images", "4", "--real-size-frames", "0", "--video-clips", "0", "--peer-device", "cpu",
+                     "--warmup", "0", "--e2e-images", "4", "--real-size-frames", "0", "--video-clips", "0",
+                     "--peer-device", "cpu",
                      "--compile-backend", "eager",
                      "--profile-batch", "2", "--backends",
                      "eager-official,eager,eager-fp16,eager-compile-fp16,ort-cpu-fp32,ort-cpu-fp32-device,"

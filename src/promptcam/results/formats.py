@@ -209,19 +209,22 @@ DETECTION_CSV_COLUMNS = ["file", "status", "detection", "category", "conf", "bbo
                          "top_k", "heatmap", "failure"]
 
 
-def write_detections_csv(path: Path, records: Iterable[ImageRecord], class_names: Sequence[str],
+def write_detections_csv(path: Path, records: Sequence[ImageRecord], class_names: Sequence[str],
                          detection_categories: dict[str, str]) -> Path:
     """One row per detection (``detection``: its index in the image's list; unclassified ones have no
-    class); an image without detections, or failed, is one row with an empty ``detection``."""
+    class); an image without detections, or failed, is one row with an empty ``detection``. With clips, a
+    ``frame_number`` column says which frame of the clip a detection is in."""
+    videos = any(r.media == "video" for r in records)
     with atomic_open(path, "wb") as raw:
         fh = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", newline="")
         writer = csv.writer(fh)
-        writer.writerow(DETECTION_CSV_COLUMNS)
+        writer.writerow(DETECTION_CSV_COLUMNS + (["frame_number"] if videos else []))
         for r in records:
             heat = csv_text(r.heatmap or "")
             if not r.ok or not r.detections:
                 blank = [""] * 7  # detection .. top_k
-                writer.writerow([csv_text(r.file), r.status, *blank, heat, csv_text(r.failure or "")])
+                writer.writerow([csv_text(r.file), r.status, *blank, heat, csv_text(r.failure or "")]
+                                + ([""] if videos else []))
                 continue
             for index, det in enumerate(r.detections):
                 named = [(class_names[int(cid)], p) for cid, p in det.get("classifications") or []]
@@ -232,7 +235,7 @@ def write_detections_csv(path: Path, records: Iterable[ImageRecord], class_names
                     " ".join(f"{v:.6f}" for v in det["bbox"]), csv_text(named[0][0]) if named else "",
                     f"{named[0][1]:.6f}" if named else "", csv_text(";".join(f"{n}:{p:.6f}" for n, p in named)),
                     heat, csv_text(str(det.get("failure") or "")),  # a box outside the photo: why
-                ])
+                ] + ([_cell(det.get("frame_number"))] if videos else []))
         fh.flush()
         fh.detach()
     return path

@@ -19,7 +19,7 @@ from typing import Any
 
 from promptcam.results.events import EVENTS_NAME
 
-from .stored import decode_json, is_whole
+from .stored import decode_json
 
 UNKNOWN = -1.0  # event_confidence of an event whose verdict the results do not give
 MAX_EVENTS_FILE = 256 * 1024 * 1024  # bytes of events.csv read (a run of millions of photos stays far below)
@@ -60,8 +60,8 @@ def folder_verdicts(folder: Path) -> dict[str, dict[str, Any]]:
                 found[key] = {"camera": _text(row.get("camera")), "verdict": None if verdict == "blank" else verdict,
                               "event_confidence": _probability(row.get("event_confidence")), "top_k": top_k,
                               "closed": 1}
-    except (OSError, csv.Error, UnicodeError):
-        return {}  # no events.csv (a run without --events), or a damaged one: the events stay, without verdicts
+    except (OSError, csv.Error):
+        pass  # no events.csv (a run without --events), or damaged from here on: the events stay, without verdicts
     return found
 
 
@@ -111,7 +111,11 @@ def refresh_events(db: sqlite3.Connection, verdicts: dict[str, dict[str, Any]], 
         wanted = sorted(set(keys))
         if not wanted:
             return 0
-        where, params = "event_key IN (SELECT value FROM json_each(?))", [json.dumps(wanted)]
+        # a temporary table, not json_each: a station's event key holds a NUL, which SQL's JSON text cuts short
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_events (key TEXT PRIMARY KEY)")
+        db.execute("DELETE FROM wanted_events")
+        db.executemany("INSERT OR IGNORE INTO wanted_events VALUES (?)", [(k,) for k in wanted])
+        where, params = "event_key IN (SELECT key FROM wanted_events)", []
     groups = db.execute(
         f"SELECT event_key, min(event_id), min(source), count(*), min(taken_at), max(taken_at) FROM items "
         f"WHERE {where} GROUP BY event_key ORDER BY min(taken_at), event_key", params).fetchall()
@@ -130,15 +134,18 @@ def refresh_events(db: sqlite3.Connection, verdicts: dict[str, dict[str, Any]], 
         "verdict=excluded.verdict, event_confidence=excluded.event_confidence, top_k=excluded.top_k, "
         "closed=excluded.closed", rows)
     if keys is not None:  # an event whose files are all gone (re-indexed into another event) is gone too
-        db.execute("DELETE FROM events WHERE key IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
-                   "(SELECT 1 FROM items WHERE items.event_key = events.key)", params)
+        db.execute("DELETE FROM events WHERE key IN (SELECT key FROM wanted_events) AND NOT EXISTS "
+                   "(SELECT 1 FROM items WHERE items.event_key = events.key)")
+        db.execute("DELETE FROM wanted_events")
     return len(rows)
 
 
 def open_event_keys(db: sqlite3.Connection) -> list[str]:
-    """Keys of the events not yet closed (their verdict may still change: refreshed on every index)."""
+    """Keys of the events not yet closed: their verdict, and their files' places, may still change (a
+    station recomputes them as files join), so they are read again on every index."""
     return [k for (k,) in db.execute("SELECT key FROM events WHERE closed = 0")]
 
 
-def is_event_number(value: Any) -> bool:
-    return is_whole(value) and 0 < value < 2**63
+def station_event_pairs(keys: Iterable[str]) -> str:
+    """Station event keys as JSON [[source, event_id], ...] (to find their rows in the station database)."""
+    return json.dumps([key.split("\x00", 1) for key in keys if "\x00" in key])

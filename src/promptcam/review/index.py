@@ -30,7 +30,7 @@ from promptcam.results.formats import OUTPUT_NAMES
 from promptcam.results.journal import Journal
 from promptcam.runtime.records import ImageRecord, utc_now
 
-from .events import folder_verdicts, open_event_keys, refresh_events, station_verdicts
+from .events import folder_verdicts, open_event_keys, refresh_events, station_event_pairs, station_verdicts
 from .stored import (
     StationReader,
     checked_record,
@@ -371,7 +371,13 @@ def _index_station(db: sqlite3.Connection, source: ResultsSource, station: Stati
         rows = station.rows()
     else:
         seen = {i: n for i, n in db.execute("SELECT idx, name FROM classes")}
-        rows = station.rows("id > ? OR id IN (SELECT value FROM json_each(?))", (after[0], json.dumps(after[1])))
+        where, params = "id > ? OR id IN (SELECT value FROM json_each(?))", [after[0], json.dumps(after[1])]
+        if (opened := open_event_keys(db)) and station.has_column("event_id"):
+            # the rows of open events too: the station renumbers their files' places as files join
+            where += (" OR (source, event_id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                      "FROM json_each(?))")
+            params.append(station_event_pairs(opened))
+        rows = station.rows(where, params)
     pending: list[int] = []
 
     def numbered() -> Iterator[tuple[int, ImageRecord]]:

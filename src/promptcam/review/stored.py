@@ -53,6 +53,10 @@ class StationReader:
         count, last = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM results").fetchone()
         return count, last
 
+    def has_column(self, name: str) -> bool:
+        """Whether the results table has column ``name`` (older stations lack the newer ones)."""
+        return any(row[1] == name for row in self.db.execute("PRAGMA table_info(results)"))
+
     def count_after(self, row_id: int) -> int:
         return self.db.execute("SELECT count(*) FROM results WHERE id > ?", (row_id,)).fetchone()[0]
 

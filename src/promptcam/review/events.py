@@ -39,7 +39,7 @@ def _text(value: Any, limit: int = 1000) -> str | None:
 
 
 def folder_verdicts(folder: Path) -> dict[str, dict[str, Any]]:
-    """A run folder's ``events.csv`` as event key -> {camera, verdict, event_confidence, top_k, closed};
+    """A run folder's ``events.csv`` as event key -> {camera, start, end, verdict, event_confidence, top_k, closed};
     empty when there is none or it cannot be read. A row that is damaged is left out."""
     path = folder / EVENTS_NAME
     found: dict[str, dict[str, Any]] = {}
@@ -57,7 +57,8 @@ def folder_verdicts(folder: Path) -> dict[str, dict[str, Any]]:
                     if name and (p := _probability(probability)) is not None:
                         top_k.append({"name": name[:200], "probability": p})
                 verdict = _text(row.get("verdict"), 200)
-                found[key] = {"camera": _text(row.get("camera")), "verdict": None if verdict == "blank" else verdict,
+                found[key] = {"camera": _text(row.get("camera")), "start": _text(row.get("start"), 40),
+                              "end": _text(row.get("end"), 40), "verdict": None if verdict == "blank" else verdict,
                               "event_confidence": _probability(row.get("event_confidence")), "top_k": top_k,
                               "closed": 1}
     except (OSError, csv.Error):
@@ -85,7 +86,8 @@ def station_verdicts(station: sqlite3.Connection) -> dict[str, dict[str, Any]]:
                      and isinstance(c, dict) and isinstance(c.get("name"), str)
                      and (p := _probability(c.get("probability"))) is not None] if isinstance(listed, list) else []
             found[f"{source}\x00{event_id}"] = {
-                "camera": _text(row.get("camera")), "verdict": _text(row.get("verdict"), 200),
+                "camera": _text(row.get("camera")), "start": _text(row.get("start"), 40),
+                "end": _text(row.get("end"), 40), "verdict": _text(row.get("verdict"), 200),
                 "event_confidence": _probability(row.get("event_confidence")), "top_k": top_k,
                 "closed": 1 if row.get("closed") in (1, True) else 0}
     except sqlite3.Error:
@@ -124,9 +126,11 @@ def refresh_events(db: sqlite3.Connection, verdicts: dict[str, dict[str, Any]], 
         found = verdicts.get(key, {})
         camera = found.get("camera") or event_id.rpartition("@")[0] or source
         confidence = found.get("event_confidence")
-        rows.append((key, event_id, camera, start, end, files, found.get("verdict"),
-                     UNKNOWN if confidence is None else confidence, json.dumps(found.get("top_k", [])),
-                     1 if closed else found.get("closed", 0)))
+        # the results' times where they give them (a clip or a photo without EXIF: its file time)
+        rows.append((key, event_id, camera, found.get("start") or start, found.get("end") or end, files,
+                     found.get("verdict"), UNKNOWN if confidence is None else confidence,
+                     json.dumps(found.get("top_k", [])), 1 if closed else found.get("closed", 0)))
+    rows.sort(key=lambda r: (r[3] is None, r[3] or "", r[0]))  # page ids in start order, unknown times last
     db.executemany(
         "INSERT INTO events (key, event_id, camera, start, end, seq_num_frames, verdict, event_confidence, top_k, "
         "closed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET event_id=excluded.event_id, "

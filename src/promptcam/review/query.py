@@ -151,7 +151,7 @@ class Filters:
 
     def event_where(self) -> tuple[str, list[Any]]:
         """SQL condition over ``events``: class and confidence are the event's verdict; camera, day, status,
-        crops and reviewed hold when one of its files matches (reviewed=no: one of its files is not reviewed)."""
+        crops and reviewed hold when one of its files matches them (reviewed=yes: all its files are reviewed)."""
         terms: list[str] = []
         params: list[Any] = []
         if self.cls:
@@ -163,18 +163,26 @@ class Filters:
         if self.max_conf is not None:
             terms.append("events.event_confidence <= ? AND events.event_confidence >= 0")
             params.append(self.max_conf)
-        any_file = "EXISTS (SELECT 1 FROM items WHERE items.event_key = events.key AND {})"
         if self.event is not None:
             terms.append("events.id = ?")
             params.append(self.event)
+        # the file conditions as one set of event keys (the items' own indexes find the files, not a
+        # look into every event): an event is listed when one of its files matches them all
         file_where, file_params = replace(self, cls="", min_conf=None, max_conf=None, reviewed="all",
                                           event=None).where()
-        if file_where != "1":
-            terms.append(any_file.format(file_where))
-            params.extend(file_params)
-        if self.reviewed != "all":  # a file's reviewed condition, as the file grid has it
-            reviewed = any_file.format(Filters(reviewed="no" if self.reviewed == "yes" else self.reviewed).where()[0])
-            terms.append(("NOT " if self.reviewed == "yes" else "") + reviewed)
+        unreviewed = "NOT EXISTS (SELECT 1 FROM corrections c WHERE c.key = items.key)"
+        if self.reviewed in ("confirmed", "corrected"):
+            terms.append("events.key IN (SELECT items.event_key FROM corrections c JOIN items ON items.key = c.key "
+                         f"WHERE c.verdict = ? AND {file_where})")
+            params.extend([self.reviewed, *file_params])
+        else:
+            condition = f"{file_where} AND {unreviewed}" if self.reviewed == "no" else file_where
+            if condition != "1":
+                terms.append(f"events.key IN (SELECT event_key FROM items WHERE event_key IS NOT NULL AND {condition})")
+                params.extend(file_params)
+            if self.reviewed == "yes":  # every file of the event reviewed
+                terms.append(f"events.key NOT IN (SELECT event_key FROM items WHERE event_key IS NOT NULL AND "
+                             f"{unreviewed})")
         return (" AND ".join(terms) or "1"), params
 
     def event_order_by(self) -> str:

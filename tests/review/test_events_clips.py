@@ -21,6 +21,7 @@ from camera_trap_scenes import T0, write_shot
 from conftest import live, write_event_inputs
 from watch_helpers import Clock
 
+from promptcam.review.access import Access
 from promptcam.review.app import create_app
 from promptcam.review.export import export_reviews
 from promptcam.review.index import build_index, locate
@@ -114,8 +115,16 @@ def test_run_folder_pages_by_event_and_corrects_an_event_in_one_request(event_re
         assert row["event_confidence"] == table[burst]["event_confidence"]
         assert (tmp_path / "export" / row["exported_as"]).parent.name.endswith(f".{right}")
 
-    # undone in one action too
-    with live(create_app(source)) as (host, port):
+    # undone in one action too; and, as every change, only from the page's own origin
+    with live(create_app(source, access=Access.for_bind("127.0.0.1"))) as (host, port):
+        for method, body in (("POST", json.dumps({"label": right}).encode()), ("DELETE", None)):
+            request = urllib.request.Request(f"http://{host}:{port}/api/event/{number}", data=body, method=method,
+                                             headers={"Content-Type": "application/json",
+                                                      "Origin": "http://evil.example"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 403
+        assert store.db.execute("SELECT count(*) FROM corrections").fetchone()[0] == 3
         assert call(f"http://{host}:{port}", f"/api/event/{number}", "DELETE")[0] == 200
     assert store.db.execute("SELECT count(*) FROM corrections").fetchone()[0] == 0
     store.close()
@@ -134,7 +143,7 @@ def test_a_clip_shows_its_strip_verdict_and_decisive_frames(event_results: Path)
         html = page.decode()
         assert status == 200
         summary = re.search(r'<h3 id="clip-summary">(.*?)</h3>', html, re.S).group(1)
-        assert f"{len(clip['frames'])} frames sampled from 10 fps" in summary
+        assert f"{len(clip['frames'])} frames sampled (a 10 fps clip)" in summary
         assert re.search(r'id="decisive-frames">([^<]*)<', summary).group(1) == ", ".join(
             map(str, clip["decisive_frames"]))
         assert f'<span id="predicted">{clip["top_k"][0]["name"]}</span>' in html  # the clip's verdict

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from camera_trap_scenes import T0, write_shot
+from video_world import write_clip
 
 from helpers import run_cli
 from promptcam.results.store import ResultStore
@@ -89,3 +97,62 @@ def station_db(tmp_path: Path) -> Path:
     finally:
         store.close()
     return db
+
+
+@contextlib.contextmanager
+def live(app, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+    """``app`` on uvicorn at ``host`` (a loopback address) and a free port, until the block ends."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    sock.listen()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[:2]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+# (camera, file, seconds after T0): cam1 fires a burst of three and, five minutes later, one more;
+# cam2 a burst of two, interleaved in time with cam1's
+BURSTS = [("cam1", "IMG_0001.JPG", 0), ("cam2", "IMG_0001.JPG", 1), ("cam1", "IMG_0002.JPG", 2),
+          ("cam2", "IMG_0002.JPG", 3), ("cam1", "IMG_0003.JPG", 4), ("cam1", "IMG_0004.JPG", 300)]
+
+
+def write_event_inputs(root: Path) -> Path:
+    """Photos with EXIF capture times (``BURSTS``) and a two-second MP4 clip in cam3 (its own event)."""
+    for k, (camera, name, seconds) in enumerate(BURSTS):
+        write_shot(root / camera / name, T0 + timedelta(seconds=seconds), k)
+    write_clip(root / "cam3" / "clip.mp4", None, 0, frames=20)
+    return root
+
+
+@pytest.fixture(scope="session")
+def event_run(tiny_predictor, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``promptcam run --events 60 --heatmaps`` over ``write_event_inputs`` (the run's own code, tiny model)."""
+    from promptcam.batch.run import RunOptions, run_files
+
+    root = tmp_path_factory.mktemp("review_events")
+    out = root / "out"
+    summary = run_files(tiny_predictor, RunOptions(inputs=[write_event_inputs(root / "site")], out_dir=out,
+                                                   heatmaps=root / "heatmaps", progress=False, events=60),
+                        log=lambda _: None)
+    assert summary.events == 4 and summary.videos == 1
+    return out
+
+
+@pytest.fixture()
+def event_results(event_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the event run's result files (each test gets its own review database)."""
+    out = tmp_path / "results"
+    shutil.copytree(event_run, out, ignore=shutil.ignore_patterns("review*", ".review-cache"))
+    return out

@@ -10,19 +10,18 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import live
 
 from promptcam.review.access import Access, review_urls
 from promptcam.review.app import create_app
 from promptcam.review.index import build_index, locate
 
 pytest.importorskip("httpx", reason="starlette's test client needs httpx (the dev extra)")
-import uvicorn  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 TOKEN = "s3cret-token-for-the-tests"
@@ -143,27 +142,6 @@ def test_the_printed_urls_name_the_bound_address() -> None:
 
 
 # -- a real server ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def live(app, host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
-    """``app`` on uvicorn at ``host`` (a loopback address) and a free port, until the block ends."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.bind((host, 0))
-    sock.listen()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[:2]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def first_answer(address: tuple[str, int], head: bytes, body: bytes, timeout: float = 5.0) -> bytes:

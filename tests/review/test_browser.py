@@ -7,6 +7,7 @@ temporary folder (and copied to ``$PROMPTCAM_REVIEW_SCREENSHOTS`` when set).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import os
@@ -36,9 +37,16 @@ def free_port() -> int:
 @pytest.fixture()
 def server(results_copy: Path) -> Iterator[str]:
     """``promptcam-review RESULTS --port P`` (the installed command), until the test ends."""
+    with review_server(results_copy) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def review_server(results: Path) -> Iterator[str]:
+    """``promptcam-review RESULTS --port P`` (the installed command) until the block ends; yields its URL."""
     port = free_port()
     exe = Path(sys.executable).parent / "promptcam-review"
-    process = subprocess.Popen([str(exe), str(results_copy), "--port", str(port)], stdout=subprocess.PIPE,
+    process = subprocess.Popen([str(exe), str(results), "--port", str(port)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -182,3 +190,44 @@ def test_review_in_a_real_browser(server: str, results_copy: Path, tmp_path: Pat
     assert [(r["verdict"], r["label"], r["predicted"]) for r in rows] == [("corrected", right, predicted)]
     exported = out / rows[0]["exported_as"]
     assert exported.parent.name.endswith(f".{right}") and exported.is_file()
+
+
+def test_an_event_is_corrected_in_one_click(event_results: Path, tmp_path: Path) -> None:
+    """Paging by event (``--events`` results with a clip): the burst's label typed once, applied to its
+    three photos by one click, in the page at once and in the export."""
+    driver, profile = browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 20)
+    burst = "cam1@2026-05-01T06:00:00"
+    try:
+        with review_server(event_results) as base:
+            driver.get(base + "/")
+            driver.find_element(By.ID, "by-event").click()
+            wait.until(lambda d: "by=event" in d.current_url)
+            assert len(driver.find_elements(By.CSS_SELECTOR, "article.event")) == 4
+            wait.until(lambda d: d.execute_script(  # every file's heatmap (a clip: its strip) as a thumbnail
+                "return [...document.querySelectorAll('article.event img')].every(i => i.complete && i.naturalWidth)"))
+            event = next(a for a in driver.find_elements(By.CSS_SELECTOR, "article.event")
+                         if a.find_element(By.CSS_SELECTOR, ".event-id").text == burst)
+            assert len(event.find_elements(By.CSS_SELECTOR, "a.card")) == 3
+            classes = driver.execute_script("return JSON.parse(document.getElementById('page-data').textContent)"
+                                            ".classes")
+            right = next(c for c in classes if c != event.get_attribute("data-verdict"))
+            event.find_element(By.CSS_SELECTOR, ".event-label").send_keys(right)
+            event.find_element(By.CSS_SELECTOR, ".event-apply").click()  # the one action
+            state = event.find_element(By.CSS_SELECTOR, ".event-state")
+            wait.until(lambda d: state.text == f"reviewed: {right} (3 files)")
+            cards = event.find_elements(By.CSS_SELECTOR, "a.card")
+            assert all("unreviewed" not in c.get_attribute("class") for c in cards)
+            keep_screenshot(driver, tmp_path, "review-events.png")
+            driver.get(base + "/?by=event&reviewed=no")  # it is saved: the other three events are left
+            assert len(driver.find_elements(By.CSS_SELECTOR, "article.event")) == 3
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    result = run_cli("promptcam-review", "export", event_results, "--out", tmp_path / "export")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "export" / "corrections.csv").open(encoding="utf-8")))
+    assert [(r["label"], r["event_id"], r["labelled_by"]) for r in rows] == [(right, burst, "event")] * 3

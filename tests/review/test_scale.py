@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from promptcam.review.events import refresh_events
 from promptcam.review.index import ITEM_COLUMNS, connect, insert_items, set_classes
 from promptcam.review.query import Filters, ReviewStore
 
@@ -37,8 +38,11 @@ def big_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "status": "ok" if ok else "failed", "failure": None if ok else "cannot decode",
                       "top1": CLASSES[classes[i]] if ok else "", "confidence": float(confidence[i]) if ok else -1.0,
                       "top_k": json.dumps(top if ok else []), "explained_class": None, "trait_heads": None,
-                      "detections": None, "crops": 0, "width": 4000, "height": 3000}
-            yield tuple(values[c] for c in ITEM_COLUMNS)
+                      "detections": None, "crops": 0, "width": 4000, "height": 3000,
+                      # bursts of 5: a camera's consecutive photos (25 cameras take turns)
+                      "event_key": f"cam{i % 25:02d}@{i // 125:04d}", "event_id": f"cam{i % 25:02d}@{i // 125:04d}",
+                      "seq_num_frames": 5, "frame_num": (i % 125) // 25}
+            yield tuple(values.get(c) for c in ITEM_COLUMNS)
 
     db = connect(path)
     started = time.perf_counter()
@@ -47,7 +51,9 @@ def big_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert insert_items(db, rows()) == N
         set_classes(db, CLASSES)
         # a thousand reviews, spread over the ids
-        db.executemany("INSERT INTO corrections VALUES (?, 'confirmed', 'species 00', 'species 00', 'now')",
+        refresh_events(db, {})
+        db.executemany("INSERT INTO corrections (key, verdict, label, predicted, reviewed_at) "
+                       "VALUES (?, 'confirmed', 'species 00', 'species 00', 'now')",
                        [(f"/data/cam{i % 25:02d}/img{i:06d}.jpg",) for i in range(0, N, 100)])
     db.execute("ANALYZE")
     db.close()
@@ -109,4 +115,34 @@ def test_neighbours_at_100k(big_index: Path) -> None:
     assert store.neighbours(store.item(ids[middle]), filters) == (ids[middle - 1], ids[middle + 1])
     print(f"\nneighbours in {(time.perf_counter() - started) * 1000:.1f} ms")
     assert store.neighbours(store.item(ids[0]), filters) == (None, ids[1])
+    store.close()
+
+
+EVENT_CASES = {
+    "events, last page": {"by": "event", "page": str(N // 5 // 60 + 1)},
+    "events of a camera, not reviewed": {"by": "event", "source": "cam03", "reviewed": "no"},
+    "events with a confirmed file, by date": {"by": "event", "reviewed": "confirmed", "sort": "date", "order": "desc"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVENT_CASES))
+def test_a_page_of_20k_events(big_index: Path, case: str) -> None:
+    store = ReviewStore(big_index)
+    filters = Filters.from_query(EVENT_CASES[case])
+    started = time.perf_counter()
+    page = store.event_page(filters)
+    print(f"\n{case}: {len(page.items)} of {page.total} in {(time.perf_counter() - started) * 1000:.1f} ms")
+    where, params = filters.event_where()
+    keys = [r[0] for r in store.db.execute(f"SELECT key FROM events WHERE {where} ORDER BY {filters.event_order_by()}",
+                                           params)]
+    start = (filters.page - 1) * filters.per_page
+    assert [e["key"] for e in page.items] == keys[start:start + filters.per_page] and page.total == len(keys) > 0
+    for event in page.items:  # each event holds its 5 files, in burst order
+        assert [f["frame_num"] for f in event["files"]] == [0, 1, 2, 3, 4] and event["seq_num_frames"] == 5
+        if filters.source:
+            assert {f["source"] for f in event["files"]} == {filters.source}
+        if filters.reviewed == "no":
+            assert any(f["verdict"] is None for f in event["files"])
+        if filters.reviewed == "confirmed":
+            assert any(f["verdict"] == "confirmed" for f in event["files"])
     store.close()

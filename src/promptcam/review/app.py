@@ -33,7 +33,16 @@ from promptcam.core.untrusted import UntrustedJSONError
 
 from .access import Access, AccessMiddleware
 from .index import ResultsSource, build_index, decode_json
-from .media import MEDIA_TYPES, Explainer, cache_name, display_photo, thumbnail
+from .media import (
+    DISPLAY_SIZE,
+    MEDIA_TYPES,
+    THUMB_SIZE,
+    Explainer,
+    cache_name,
+    clip_still,
+    display_photo,
+    thumbnail,
+)
 from .query import BadRequest, Filters, ReviewStore
 
 HERE = Path(__file__).parent
@@ -88,6 +97,13 @@ class Review:
             raise HTTPException(404, f"no result with id {request.path_params['item_id']}")
         return item
 
+    def event(self, request: Request) -> dict[str, Any]:
+        number = request.path_params["event_id"]
+        event = self.store.event(number) if 0 < number < 2**63 else None
+        if event is None:
+            raise HTTPException(404, f"no event with id {number}")
+        return event
+
 
 def create_app(source: ResultsSource, *, explainer: Explainer | None = None, access: Access | None = None,
                refresh_seconds: float = REFRESH_SECONDS) -> Starlette:
@@ -110,9 +126,12 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None, acc
     def grid(request: Request) -> Response:
         review.refresh()
         filters = Filters.from_query(request.query_params)
-        return page(request, "grid.html", {
-            "page": review.store.page(filters), "filters": filters, "classes": review.store.classes(),
-            "sources": review.store.sources(), "results": str(source.path)})
+        by_event = filters.by == "event"
+        classes = review.store.classes()
+        return page(request, "events.html" if by_event else "grid.html", {
+            "page": review.store.event_page(filters) if by_event else review.store.page(filters), "filters": filters,
+            "classes": classes, "sources": review.store.sources(), "results": str(source.path),
+            "data": {"classes": classes}})
 
     def item_page(request: Request) -> Response:
         review.refresh()
@@ -120,13 +139,18 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None, acc
         filters = Filters.from_query(request.query_params)
         previous, following = review.store.neighbours(item, filters)
         detections = _stored_list(item["detections"])
+        clip = item["media"] == "video"
+        # a clip's boxes lie on its frames, not on the strip shown
         data = {"id": item["id"], "previous": previous, "next": following, "query": filters.query_string(),
                 "verdict": item["verdict"], "label": item["label"], "predicted": item["top1"],
-                "classes": review.store.classes(), "explain": review.explainer is not None,
-                "boxes": [d["bbox"] for d in detections if isinstance(d, dict) and _is_box(d.get("bbox"))]}
+                "classes": review.store.classes(), "explain": review.explainer is not None and not clip,
+                "boxes": [] if clip else [d["bbox"] for d in detections if isinstance(d, dict)
+                                          and _is_box(d.get("bbox"))]}
         return page(request, "item.html", {
             "item": item, "top_k": _stored_list(item["top_k"]), "filters": filters, "data": data,
-            "trait_heads": _stored_list(item["trait_heads"]),
+            "trait_heads": _stored_list(item["trait_heads"]), "event": review.store.event_of(item),
+            "frames": [f for f in _stored_list(item["frames"]) if isinstance(f, dict)],
+            "decisive": [n for n in _stored_list(item["decisive_frames"]) if isinstance(n, int)],
             "detections": [_describe(d, data["classes"]) for d in detections if isinstance(d, dict)]})
 
     def send_file(path: str | Path | None, what: str) -> Response:
@@ -136,16 +160,33 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None, acc
         return FileResponse(path, media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
                             headers={"Cache-Control": "private, max-age=300"})
 
+    def clip_picture(item: dict[str, Any], longest: int) -> Path:
+        """What shows a clip: the strip of its decisive frames, else (a blank clip) its first frame."""
+        if item["heatmap"] and Path(item["heatmap"]).is_file():
+            return (Path(item["heatmap"]) if longest > THUMB_SIZE
+                    else thumbnail(item["heatmap"], source.cache_dir, cache_name(item, "strip")))
+        return clip_still(item["image"], source.cache_dir, cache_name(item, f"still{longest}"), longest)
+
     def thumb(request: Request) -> Response:
         item = review.item(request)
         if not item["image"]:
             raise HTTPException(404, "this result names no photo")
+        if item["media"] == "video":
+            return send_file(clip_picture(item, THUMB_SIZE), "thumbnail")
         return send_file(thumbnail(item["image"], source.cache_dir, cache_name(item, "thumb")), "thumbnail")
+
+    def heatmap_thumb(request: Request) -> Response:
+        item = review.item(request)
+        if not item["heatmap"] or not Path(item["heatmap"]).is_file():
+            raise HTTPException(404, "this result has no heatmap")
+        return send_file(thumbnail(item["heatmap"], source.cache_dir, cache_name(item, "heatthumb")), "thumbnail")
 
     def photo(request: Request) -> Response:
         item = review.item(request)
         if not item["image"]:
             raise HTTPException(404, "this result names no photo")
+        if item["media"] == "video":
+            return send_file(clip_picture(item, DISPLAY_SIZE), "clip strip")
         return send_file(display_photo(item["image"], source.cache_dir, cache_name(item, "photo")), "photo")
 
     def heatmap(request: Request) -> Response:
@@ -172,28 +213,29 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None, acc
         if request.method == "DELETE":
             review.store.unreview(item)
             return JSONResponse({"id": item["id"], "verdict": None, "label": None})
-        # JSON only: a cross-site form cannot send it without a CORS preflight, which this server never grants
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise HTTPException(415, "send the review as application/json")
-        body = await _read_body(request, MAX_BODY)
-        try:
-            label = decode_json(body, "request body")["label"]
-        except (UntrustedJSONError, KeyError, TypeError):
-            raise BadRequest('body must be JSON {"label": "<class name>"}') from None
-        if not isinstance(label, str):
-            raise BadRequest("label must be a class name (text)")
+        label = await _label(request)
         verdict = review.store.review(item, label)
         return JSONResponse({"id": item["id"], "verdict": verdict, "label": label})
+
+    async def set_event_review(request: Request) -> Response:
+        """One action for a whole event: its label on every one of its files (DELETE: every review removed)."""
+        event = review.event(request)
+        if request.method == "DELETE":
+            review.store.unreview_event(event)
+            return JSONResponse({"id": event["id"], "verdict": None, "label": None, "files": len(event["files"])})
+        return JSONResponse(review.store.review_event(event, await _label(request)))
 
     routes = [
         Route("/", grid),
         Route("/item/{item_id:int}", item_page),
         Route("/thumb/{item_id:int}", thumb),
+        Route("/thumb/{item_id:int}/heatmap", heatmap_thumb),
         Route("/photo/{item_id:int}", photo),
         Route("/heatmap/{item_id:int}", heatmap),
         Route("/traits/{item_id:int}", traits),
         Route("/explain/{item_id:int}/{class_index:int}", explain),
         Route("/api/review/{item_id:int}", set_review, methods=["POST", "DELETE"]),
+        Route("/api/event/{event_id:int}", set_event_review, methods=["POST", "DELETE"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(BaseHTTPMiddleware, dispatch=_security_headers)]
@@ -205,6 +247,21 @@ def create_app(source: ResultsSource, *, explainer: Explainer | None = None, acc
         Exception: _error_handler(templates, 500)})
     app.state.review = review
     return app
+
+
+async def _label(request: Request) -> str:
+    """The class name of a review request: a JSON body ``{"label": NAME}``."""
+    # JSON only: a cross-site form cannot send it without a CORS preflight, which this server never grants
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise HTTPException(415, "send the review as application/json")
+    body = await _read_body(request, MAX_BODY)
+    try:
+        label = decode_json(body, "request body")["label"]
+    except (UntrustedJSONError, KeyError, TypeError):
+        raise BadRequest('body must be JSON {"label": "<class name>"}') from None
+    if not isinstance(label, str):
+        raise BadRequest("label must be a class name (text)")
+    return label
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -1,5 +1,8 @@
 """``promptcam-review export``: the reviewer's verdicts as a CSV and as an ImageFolder tree for retraining.
 
+An event labelled in one action has one row per file (each under the event's label), with the event's
+id and the results' verdict of it, so a burst's correction is as usable per file as per event.
+
 The tree is ``OUT/images/<NNN>.<class>/<id>_<file name>`` (NNN: the class index): every reviewed
 image under its right class (confirmed ones under the prediction, corrected ones under the
 correction), hard-linked where the file system allows and copied otherwise, so
@@ -26,7 +29,10 @@ from .query import ReviewStore
 
 CSV_NAME = "corrections.csv"
 MARKER = ".promptcam-review-export"
-CSV_COLUMNS = ["id", "file", "image", "predicted", "confidence", "verdict", "label", "reviewed_at", "exported_as"]
+CSV_COLUMNS = ["id", "file", "image", "predicted", "confidence", "verdict", "label", "reviewed_at", "exported_as",
+               # with events (--events): the file's event, the results' verdict of it, and whether the label
+               # was given to the whole event at once ('event') or to this file ('file')
+               "event_id", "event_verdict", "event_confidence", "labelled_by"]
 
 
 @dataclass
@@ -103,7 +109,11 @@ def export_reviews(store: ReviewStore, out: Path, log: Callable[[str], None] = p
                 summary.missing.append(item["file"])
                 log(f"{item['file']}: photo not found on disk ({item['image']}); listed in the CSV, not exported")
             confidence = f"{item['confidence']:.6f}" if item["confidence"] >= 0 else ""
+            known = item["event_confidence"] is not None and item["event_confidence"] >= 0
             writer.writerow([item["id"], csv_text(item["file"]), csv_text(item["image"] or ""),
                              csv_text(item["top1"]), confidence,
-                             item["verdict"], csv_text(item["label"]), item["reviewed_at"], csv_text(exported)])
+                             item["verdict"], csv_text(item["label"]), item["reviewed_at"], csv_text(exported),
+                             csv_text(item["event_id"] or ""), csv_text(item["event_verdict"] or ""),
+                             f"{item['event_confidence']:.6f}" if known else "",
+                             "event" if item["labelled_by_event"] else "file"])
     return summary

@@ -30,6 +30,7 @@ from promptcam.results.formats import OUTPUT_NAMES
 from promptcam.results.journal import Journal
 from promptcam.runtime.records import ImageRecord, utc_now
 
+from .events import folder_verdicts, open_event_keys, refresh_events, station_event_pairs, station_verdicts
 from .stored import (
     StationReader,
     checked_record,
@@ -63,7 +64,15 @@ CREATE TABLE IF NOT EXISTS items (
     detections TEXT,                   -- JSON list of {"bbox": [x, y, w, h] (0..1), ...} (--detections runs)
     crops INTEGER NOT NULL,            -- number of detection boxes (0: whole image)
     width INTEGER,
-    height INTEGER
+    height INTEGER,
+    event_key TEXT,                    -- the event (--events): its event_id, within its station source
+    event_id TEXT,                     -- CAMERA@START (COCO seq_id)
+    seq_num_frames INTEGER,
+    frame_num INTEGER,
+    media TEXT,                        -- 'video' for a clip (its heatmap: the strip of its decisive frames)
+    frame_rate REAL,
+    frames TEXT,                       -- JSON [{"frame_number", "seconds", "evidence", "top1", "probability"}]
+    decisive_frames TEXT               -- JSON [frame number, ...]
 );
 CREATE INDEX IF NOT EXISTS items_class ON items (top1, confidence);
 CREATE INDEX IF NOT EXISTS items_confidence ON items (confidence);
@@ -77,13 +86,37 @@ CREATE TABLE IF NOT EXISTS corrections (
     verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'corrected')),
     label TEXT NOT NULL,               -- the right class (the prediction itself when confirmed)
     predicted TEXT NOT NULL,
-    reviewed_at TEXT NOT NULL
+    reviewed_at TEXT NOT NULL,
+    event_key TEXT                     -- set when the label was given to the file's whole event at once
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,            -- the event's page id (start order when indexed whole)
+    key TEXT NOT NULL UNIQUE,          -- items.event_key
+    event_id TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    start TEXT,                        -- first and last capture time of its files
+    end TEXT,
+    seq_num_frames INTEGER NOT NULL,   -- its files in the results
+    verdict TEXT,                      -- the results' event verdict (NULL: blank, or not in the results)
+    event_confidence REAL NOT NULL,    -- -1 when unknown
+    top_k TEXT NOT NULL,               -- JSON [{"name", "probability"}]
+    closed INTEGER NOT NULL            -- no file can join it any more (a run's events always are)
+);
+CREATE INDEX IF NOT EXISTS events_verdict ON events (verdict, event_confidence);
+CREATE INDEX IF NOT EXISTS events_confidence ON events (event_confidence);
+CREATE INDEX IF NOT EXISTS events_start ON events (start);
 CREATE TABLE IF NOT EXISTS classes (idx INTEGER PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 ITEM_COLUMNS = ("key", "file", "image", "heatmap", "traits", "source", "day", "taken_at", "status", "failure", "top1",
-                "confidence", "top_k", "explained_class", "trait_heads", "detections", "crops", "width", "height")
+                "confidence", "top_k", "explained_class", "trait_heads", "detections", "crops", "width", "height",
+                "event_key", "event_id", "seq_num_frames", "frame_num", "media", "frame_rate", "frames",
+                "decisive_frames")
+# columns added after the first review databases shipped: added to older ones on open (then indexed again)
+ADDED_COLUMNS = {"items": {c: "TEXT" for c in ITEM_COLUMNS[19:]} | {"seq_num_frames": "INTEGER",
+                                                                    "frame_num": "INTEGER", "frame_rate": "REAL"},
+                 "corrections": {"event_key": "TEXT"}}
+INDEX_VERSION = "2"  # an index written by an older version is indexed again whole (it lacks the newer columns)
 
 
 @dataclass(frozen=True)
@@ -216,7 +249,17 @@ def item_row(record: ImageRecord, source: ResultsSource) -> tuple[Any, ...]:
             json.dumps(record.top_k), record.explained_class,
             json.dumps(record.trait_heads) if record.trait_heads is not None else None,
             json.dumps(detections) if detections is not None else None, len(boxes),
-            record.width, record.height)
+            record.width, record.height, *_event_and_clip(record, source))
+
+
+def _event_and_clip(record: ImageRecord, source: ResultsSource) -> tuple[Any, ...]:
+    """The event columns (the key scoped to a station's source: its ``events`` table's key) and a clip's."""
+    key = None
+    if record.event_id:
+        key = record.event_id if source.kind == "folder" else f"{record.source}\x00{record.event_id}"
+    return (key, record.event_id, record.seq_num_frames, record.frame_num, record.media, record.frame_rate,
+            json.dumps(record.frames) if record.frames is not None else None,
+            json.dumps(record.decisive_frames) if record.decisive_frames is not None else None)
 
 
 def _day_of(mtime_ns: Any) -> str:
@@ -236,6 +279,12 @@ def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(SCHEMA)
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    db.execute("CREATE INDEX IF NOT EXISTS items_event ON items (event_key, frame_num)")
     db.row_factory = sqlite3.Row
     return db
 
@@ -284,13 +333,18 @@ def _meta(db: sqlite3.Connection, key: str) -> str | None:
 
 
 def _index_rows(db: sqlite3.Connection, source: ResultsSource, numbered: Iterable[tuple[int, ImageRecord]],
-                names: Sequence[str] | None, seen: dict[int, str]) -> int:
-    """Insert (item id, record) pairs; the classes they show are added to ``seen``."""
+                names: Sequence[str] | None, seen: dict[int, str], events: set[str] | None = None) -> int:
+    """Insert (item id, record) pairs; the classes they show are added to ``seen``, their events to ``events``."""
+    event_column = ITEM_COLUMNS.index("event_key")
+
     def rows() -> Iterator[tuple[Any, ...]]:  # streamed from the results into the index
         for item_id, record in numbered:
             record = with_crop_classes(record, names or ())
             seen.update({c["index"]: c["name"] for c in record.top_k})
-            yield (item_id, *item_row(record, source))
+            row = item_row(record, source)
+            if events is not None and row[event_column] is not None:
+                events.add(row[event_column])
+            yield (item_id, *row)
 
     return insert_items(db, rows(), with_id=True)
 
@@ -302,6 +356,7 @@ def _index_folder(db: sqlite3.Connection, source: ResultsSource, class_names: Se
     db.execute("DELETE FROM items")
     count = _index_rows(db, source, enumerate(folder_records(source.path), 1), names, seen)
     set_classes(db, names or seen_class_names(seen))
+    refresh_events(db, folder_verdicts(source.path), closed=True)
     return count
 
 
@@ -316,7 +371,13 @@ def _index_station(db: sqlite3.Connection, source: ResultsSource, station: Stati
         rows = station.rows()
     else:
         seen = {i: n for i, n in db.execute("SELECT idx, name FROM classes")}
-        rows = station.rows("id > ? OR id IN (SELECT value FROM json_each(?))", (after[0], json.dumps(after[1])))
+        where, params = "id > ? OR id IN (SELECT value FROM json_each(?))", [after[0], json.dumps(after[1])]
+        if (opened := open_event_keys(db)) and station.has_column("event_id"):
+            # the rows of open events too: the station renumbers their files' places as files join
+            where += (" OR (source, event_id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                      "FROM json_each(?))")
+            params.append(station_event_pairs(opened))
+        rows = station.rows(where, params)
     pending: list[int] = []
 
     def numbered() -> Iterator[tuple[int, ImageRecord]]:
@@ -325,8 +386,12 @@ def _index_station(db: sqlite3.Connection, source: ResultsSource, station: Stati
                 pending.append(row.id)
             yield row.id, row.record
 
-    count = _index_rows(db, source, numbered(), names, seen)
+    touched: set[str] = set()
+    count = _index_rows(db, source, numbered(), names, seen, touched)
     set_classes(db, names or seen_class_names(seen))
+    # the station writes an event's verdict after its rows: the open events are looked at again every time
+    refresh_events(db, station_verdicts(station.db),
+                   None if after is None else [*touched, *open_event_keys(db)])
     db.execute("INSERT OR REPLACE INTO meta VALUES ('station_extent', ?)", ("{}:{}".format(*station.extent()),))
     db.execute("INSERT OR REPLACE INTO meta VALUES ('station_pending', ?)", (json.dumps(pending),))
     return count
@@ -364,8 +429,9 @@ def build_index(source: ResultsSource, *, class_names: Sequence[str] | None = No
     try:
         # the model's classes (--model) are part of what was indexed: another model means indexing again
         meta = {"signature": source.signature(), "model_classes": json.dumps(list(class_names or [])),
-                "results": str(source.path), "indexed_at": utc_now()}
-        same_model = _meta(db, "model_classes") == meta["model_classes"]
+                "results": str(source.path), "indexed_at": utc_now(), "index_version": INDEX_VERSION}
+        same_model = (_meta(db, "model_classes") == meta["model_classes"]
+                      and _meta(db, "index_version") == INDEX_VERSION)
         if not force and same_model and _meta(db, "signature") == meta["signature"]:
             return source.review_db
         with db:

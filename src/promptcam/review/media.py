@@ -33,6 +33,7 @@ from promptcam.runtime.images import (
     read_file_bytes,
     reduced_size,
 )
+from promptcam.runtime.video import VideoError, sample_frames
 
 THUMB_SIZE = 256
 DISPLAY_SIZE = 2048  # photos the browser cannot show (TIFF) are converted to a JPEG this wide at most
@@ -94,6 +95,24 @@ def thumbnail(path: str, cache: Path, name: str) -> Path:
         return target
     small = decode_photo(path, THUMB_SIZE)
     cache.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(target, encode_jpeg(cv2.cvtColor(small, cv2.COLOR_RGB2BGR)), durable=False)
+
+
+def clip_still(path: str, cache: Path, name: str, longest: int = THUMB_SIZE) -> Path:
+    """A JPEG of a clip's first frame (a blank clip has no strip to show), decoded by the runtime's
+    bounded video reader; cached (``ImageError`` when the clip is unreadable)."""
+    target = cache / name
+    if target.is_file():
+        return target
+    _, frames = sample_frames(path, max_frames=1)
+    try:
+        first = next(frames)
+    except StopIteration:
+        raise VideoError(f"{path}: no frame decodes") from None
+    finally:
+        frames.close()  # releases the capture
+    cache.mkdir(parents=True, exist_ok=True)
+    small = shrink(first.rgb, longest)
     return atomic_write_bytes(target, encode_jpeg(cv2.cvtColor(small, cv2.COLOR_RGB2BGR)), durable=False)
 
 

@@ -12,7 +12,7 @@ import math
 import sqlite3
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,15 @@ SORTS = {  # name -> columns, the last one the tie-breaker that makes the order 
     "file": ("file", "id"),
     "date": ("day", "id"),
 }
+EVENT_SORTS = {  # the same sorts over the events table (paging by event)
+    "id": ("id",),
+    "confidence": ("event_confidence", "id"),
+    "class": ("verdict", "event_confidence", "id"),
+    "file": ("event_id", "id"),
+    "date": ("start", "id"),
+}
 CHOICES = {
+    "by": ("file", "event"),
     "status": ("all", "ok", "failed"),
     "crops": ("all", "yes", "no"),
     "reviewed": ("all", "no", "yes", "confirmed", "corrected"),
@@ -60,6 +68,8 @@ class Filters:
     order: str = "asc"
     page: int = 1
     per_page: int = 60
+    by: str = "file"  # "event": each page item is an event (--events), its files together
+    event: int | None = None  # one event (its page id): its files, or the event alone
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> Filters:
@@ -76,8 +86,9 @@ class Filters:
                 continue
             if f.name in ("min_conf", "max_conf"):
                 values[f.name] = _number(f.name, raw, 0.0, 1.0)
-            elif f.name in ("page", "per_page"):
-                values[f.name] = int(_number(f.name, raw, 1, 10**9 if f.name == "page" else MAX_PER_PAGE, whole=True))
+            elif f.name in ("page", "per_page", "event"):
+                high = {"page": 10**9, "per_page": MAX_PER_PAGE, "event": 2**62}[f.name]
+                values[f.name] = int(_number(f.name, raw, 1, high, whole=True))
             elif f.name in CHOICES:
                 if raw not in CHOICES[f.name]:
                     raise BadRequest(f"{f.name} must be one of {', '.join(CHOICES[f.name])} (got {raw[:40]!r})")
@@ -124,6 +135,9 @@ class Filters:
         if self.day_to:
             terms.append("day <= ? AND day != ''")
             params.append(self.day_to)
+        if self.event is not None:
+            terms.append("items.event_key = (SELECT key FROM events WHERE id = ?)")
+            params.append(self.event)
         if self.reviewed != "all":
             reviewed = "EXISTS (SELECT 1 FROM corrections c WHERE c.key = items.key{})"
             terms.append({"no": "NOT " + reviewed.format(""), "yes": reviewed.format(""),
@@ -134,6 +148,46 @@ class Filters:
     def order_by(self, *, reverse: bool = False) -> str:
         direction = "DESC" if (self.order == "desc") != reverse else "ASC"
         return ", ".join(f"items.{c} {direction}" for c in SORTS[self.sort])
+
+    def event_where(self) -> tuple[str, list[Any]]:
+        """SQL condition over ``events``: class and confidence are the event's verdict; camera, day, status,
+        crops and reviewed hold when one of its files matches them (reviewed=yes: all its files are reviewed)."""
+        terms: list[str] = []
+        params: list[Any] = []
+        if self.cls:
+            terms.append("events.verdict = ?")
+            params.append(self.cls)
+        if self.min_conf is not None:
+            terms.append("events.event_confidence >= ?")
+            params.append(self.min_conf)
+        if self.max_conf is not None:
+            terms.append("events.event_confidence <= ? AND events.event_confidence >= 0")
+            params.append(self.max_conf)
+        if self.event is not None:
+            terms.append("events.id = ?")
+            params.append(self.event)
+        # the file conditions as one set of event keys (the items' own indexes find the files, not a
+        # look into every event): an event is listed when one of its files matches them all
+        file_where, file_params = replace(self, cls="", min_conf=None, max_conf=None, reviewed="all",
+                                          event=None).where()
+        unreviewed = "NOT EXISTS (SELECT 1 FROM corrections c WHERE c.key = items.key)"
+        if self.reviewed in ("confirmed", "corrected"):
+            terms.append("events.key IN (SELECT items.event_key FROM corrections c JOIN items ON items.key = c.key "
+                         f"WHERE c.verdict = ? AND {file_where})")
+            params.extend([self.reviewed, *file_params])
+        else:
+            condition = f"{file_where} AND {unreviewed}" if self.reviewed == "no" else file_where
+            if condition != "1":
+                terms.append(f"events.key IN (SELECT event_key FROM items WHERE event_key IS NOT NULL AND {condition})")
+                params.extend(file_params)
+            if self.reviewed == "yes":  # every file of the event reviewed
+                terms.append(f"events.key NOT IN (SELECT event_key FROM items WHERE event_key IS NOT NULL AND "
+                             f"{unreviewed})")
+        return (" AND ".join(terms) or "1"), params
+
+    def event_order_by(self) -> str:
+        direction = "DESC" if self.order == "desc" else "ASC"
+        return ", ".join(f"events.{c} {direction}" for c in EVENT_SORTS[self.sort])
 
 
 def _number(name: str, raw: str, low: float, high: float, *, whole: bool = False) -> float:
@@ -205,6 +259,59 @@ class ReviewStore:
             found.append(hit[0] if hit else None)
         return found[0], found[1]
 
+    def event_page(self, filters: Filters) -> Page:
+        """One page of events (``filters.by == "event"``): each with its files (``files``, in event order)."""
+        where, params = filters.event_where()
+        offset = (filters.page - 1) * filters.per_page
+        rows = self.db.execute(f"SELECT * FROM events WHERE {where} ORDER BY {filters.event_order_by()} "
+                               "LIMIT ? OFFSET ?", [*params, filters.per_page, offset]).fetchall()
+        total = self.db.execute(f"SELECT count(*) FROM events WHERE {where}", params).fetchone()[0]
+        return Page([self._with_files(dict(r)) for r in rows], total, filters)
+
+    def event(self, event_number: int) -> dict[str, Any] | None:
+        """An event by its page id, with its files."""
+        row = self.db.execute("SELECT * FROM events WHERE id = ?", (event_number,)).fetchone()
+        return self._with_files(dict(row)) if row is not None else None
+
+    def event_of(self, item: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The event an item belongs to (without its files), or None."""
+        if not item.get("event_key"):
+            return None
+        row = self.db.execute("SELECT * FROM events WHERE key = ?", (item["event_key"],)).fetchone()
+        return dict(row) if row is not None else None
+
+    def _with_files(self, event: dict[str, Any]) -> dict[str, Any]:
+        event["files"] = [dict(r) for r in self.db.execute(
+            f"{SELECT_ITEMS} WHERE items.event_key = ? ORDER BY items.frame_num, items.id", (event["key"],))]
+        labels = {f["label"] for f in event["files"]}
+        # the event's review: one label on every file (as one event action gives), else partial or none
+        event["label"] = labels.pop() if len(labels) == 1 and None not in labels else None
+        event["reviewed"] = sum(f["verdict"] is not None for f in event["files"])
+        return event
+
+    def review_event(self, event: Mapping[str, Any], label: str) -> dict[str, Any]:
+        """Give every file of an event the right class, in one transaction (each file 'confirmed' when the
+        label is its own prediction, else 'corrected'); the event's own verdict the same way.
+
+        Raises:
+            BadRequest: a label that is not one of the classes.
+        """
+        if self.class_index(label) is None:
+            raise BadRequest(f"unknown class {label[:80]!r}; pick one of the model's classes")
+        now = utc_now()
+        rows = [(f["key"], "confirmed" if label == f["top1"] else "corrected", label, f["top1"], now, event["key"])
+                for f in event["files"]]
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO corrections (key, verdict, label, predicted, reviewed_at, "
+                                "event_key) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return {"id": event["id"], "label": label, "files": len(rows),
+                "verdict": "confirmed" if label == event["verdict"] else "corrected",
+                "corrected": sum(r[1] == "corrected" for r in rows)}
+
+    def unreview_event(self, event: Mapping[str, Any]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM corrections WHERE key = ?", [(f["key"],) for f in event["files"]])
+
     def classes(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT name FROM classes ORDER BY idx")]
 
@@ -225,7 +332,8 @@ class ReviewStore:
             raise BadRequest(f"unknown class {label[:80]!r}; pick one of the model's classes")
         verdict = "confirmed" if label == item["top1"] else "corrected"
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO corrections VALUES (?, ?, ?, ?, ?)",
+            self.db.execute("INSERT OR REPLACE INTO corrections (key, verdict, label, predicted, reviewed_at) "
+                            "VALUES (?, ?, ?, ?, ?)",
                             (item["key"], verdict, label, item["top1"], utc_now()))
         return verdict
 
@@ -234,8 +342,12 @@ class ReviewStore:
             self.db.execute("DELETE FROM corrections WHERE key = ?", (item["key"],))
 
     def reviewed_items(self) -> list[dict[str, Any]]:
-        """Every reviewed item with its verdict, in result order."""
-        rows = self.db.execute(f"{SELECT_ITEMS} WHERE c.verdict IS NOT NULL ORDER BY items.id")
+        """Every reviewed item with its verdict (and its event's verdict, ``event_*``), in result order."""
+        rows = self.db.execute(
+            "SELECT items.*, c.verdict AS verdict, c.label AS label, c.reviewed_at AS reviewed_at, "
+            "c.event_key IS NOT NULL AS labelled_by_event, e.verdict AS event_verdict, "
+            "e.event_confidence AS event_confidence FROM items JOIN corrections c ON c.key = items.key "
+            "LEFT JOIN events e ON e.key = items.event_key ORDER BY items.id")
         return [dict(r) for r in rows]
 
     def close(self) -> None:

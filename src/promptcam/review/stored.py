@@ -16,6 +16,8 @@ from promptcam.results.store import record_from_row
 from promptcam.runtime.records import ImageRecord
 
 MAX_CLASSES = 100_000  # a class index above this in stored results is damage, not a class
+MAX_EVENT_ID = 1000  # characters of an event id (CAMERA@START); longer is damage
+MAX_FRAMES = 10_000  # frames of one clip listed (the runtime caps a clip's frames far below this)
 
 
 class StationRow(NamedTuple):
@@ -51,6 +53,10 @@ class StationReader:
         count, last = self.db.execute("SELECT count(*), coalesce(max(id), 0) FROM results").fetchone()
         return count, last
 
+    def has_column(self, name: str) -> bool:
+        """Whether the results table has column ``name`` (older stations lack the newer ones)."""
+        return any(row[1] == name for row in self.db.execute("PRAGMA table_info(results)"))
+
     def count_after(self, row_id: int) -> int:
         return self.db.execute("SELECT count(*) FROM results WHERE id > ?", (row_id,)).fetchone()[0]
 
@@ -80,6 +86,7 @@ class StationReader:
 
 
 JSON_COLUMNS = ("top_k", "trait_heads", "detections")
+CLIP_COLUMNS = ("frames", "decisive_frames")  # a clip's details: unreadable ones are left out, the verdict stays
 
 
 def _decode_columns(row: dict[str, Any]) -> str | None:
@@ -88,6 +95,11 @@ def _decode_columns(row: dict[str, Any]) -> str | None:
     ``probabilities`` (every class's, the largest column) is left out: the review does not show it.
     """
     row["probabilities"] = None
+    for key in CLIP_COLUMNS:
+        try:
+            row[key] = decode_json(row[key], key) if row.get(key) is not None else None
+        except UntrustedJSONError:
+            row[key] = None
     problem = None
     for key in JSON_COLUMNS:
         if row.get(key) is None:
@@ -136,10 +148,51 @@ def checked_record(record: ImageRecord) -> ImageRecord:
     if record.detections is not None:
         record.detections = [_clean_detection(d) for d in record.detections if isinstance(d, dict)]
     for name in ("path", "heatmap", "traits_image", "stored_path", "source", "taken_at", "explained_class",
-                 "failure"):
+                 "failure", "event_id", "media"):
         if getattr(record, name) is not None and not isinstance(getattr(record, name), str):
             setattr(record, name, str(getattr(record, name)))
+    return _checked_clip(_checked_event(record))
+
+
+def _checked_event(record: ImageRecord) -> ImageRecord:
+    """The event fields whole or left out (an event id of damaged text is cut to a sane length)."""
+    if record.event_id is not None:
+        record.event_id = record.event_id[:MAX_EVENT_ID] or None
+    for name in ("seq_num_frames", "frame_num"):
+        value = getattr(record, name)
+        if value is not None and not (is_whole(value) and 0 <= value < 2**31):
+            setattr(record, name, None)
     return record
+
+
+def _checked_clip(record: ImageRecord) -> ImageRecord:
+    """A clip's frame rate, frames and decisive frames in the shapes the page shows, else left out.
+
+    Frames are reduced to what the page lists (number, seconds, evidence, top class), so a clip of
+    many frames costs the index little.
+    """
+    if record.frame_rate is not None and not (_is_number(record.frame_rate) and record.frame_rate > 0):
+        record.frame_rate = None
+    if record.decisive_frames is not None and not (
+            isinstance(record.decisive_frames, list) and all(is_whole(n) for n in record.decisive_frames)):
+        record.decisive_frames = None
+    if record.frames is not None:
+        record.frames = ([_clean_frame(f) for f in record.frames[:MAX_FRAMES] if isinstance(f, dict)]
+                         if isinstance(record.frames, list) else None)
+    return record
+
+
+def _clean_frame(frame: dict[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    if is_whole(frame.get("frame_number")):
+        clean["frame_number"] = frame["frame_number"]
+    if _is_number(frame.get("seconds")):
+        clean["seconds"] = frame["seconds"]
+    clean["evidence"] = frame.get("evidence") is True
+    top_k = frame.get("top_k")
+    if isinstance(top_k, list) and top_k and _is_class_score(top_k[0]):
+        clean["top1"], clean["probability"] = top_k[0]["name"][:200], top_k[0]["probability"]
+    return clean
 
 
 def _is_number(value: Any) -> bool:

@@ -41,13 +41,31 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def db_rows(db: Path, table: str = "results") -> list[dict]:
+def db_rows(db: Path, table: str = "results", order: str = "id") -> list[dict]:
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute(f"SELECT * FROM {table} ORDER BY id")]
+        return [dict(r) for r in con.execute(f"SELECT * FROM {table} ORDER BY {order}")]
     finally:
         con.close()
+
+
+def watch_in_process(predictor, inbox: Path, db: Path, **options) -> None:  # noqa: ANN001 - a Predictor
+    """One station session in this process: start, a scan to see the files, one (after their quiet time) to take
+    them. ``options``: more ``WatchOptions`` fields."""
+    from promptcam.station.inbox import InboxWatcher
+    from promptcam.station.options import WatchOptions
+
+    clock = Clock()
+    watcher = InboxWatcher(predictor, WatchOptions(inbox=inbox, db=db, settle=1.0, use_events=False, **options),
+                           log=lambda _: None, clock=clock)
+    try:
+        watcher.start()
+        watcher.step()
+        clock.now += 5
+        watcher.step()
+    finally:
+        watcher.close()
 
 
 def _limit_memory() -> None:

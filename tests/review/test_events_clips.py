@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from camera_trap_scenes import T0, write_shot
 from conftest import live, write_event_inputs
-from watch_helpers import Clock
+from watch_helpers import watch_in_process
 
 from promptcam.review.access import Access
 from promptcam.review.app import create_app
@@ -164,27 +164,10 @@ def test_a_clip_shows_its_strip_verdict_and_decisive_frames(event_results: Path)
     store.close()
 
 
-def watch_once(predictor, inbox: Path, db: Path, heatmaps: Path) -> None:
-    """One station session (start, a scan to see the files, one to take them), with --events 60."""
-    from promptcam.station.inbox import InboxWatcher
-    from promptcam.station.options import WatchOptions
-
-    clock = Clock()
-    watcher = InboxWatcher(predictor, WatchOptions(inbox=inbox, db=db, settle=1.0, use_events=False, events=60,
-                                                   heatmaps=heatmaps), log=lambda _: None, clock=clock)
-    try:
-        watcher.start()
-        watcher.step()
-        clock.now += 5
-        watcher.step()
-    finally:
-        watcher.close()
-
-
 def test_station_events_grow_in_the_review_as_photos_arrive(tiny_predictor, tmp_path: Path) -> None:
     inbox, db = tmp_path / "inbox", tmp_path / "station" / "results.sqlite"
     write_event_inputs(inbox)
-    watch_once(tiny_predictor, inbox, db, tmp_path / "heat")
+    watch_in_process(tiny_predictor, inbox, db, events=60, heatmaps=tmp_path / "heat")
     source = locate(db)
     build_index(source)
     store = ReviewStore(source.review_db)
@@ -206,7 +189,7 @@ def test_station_events_grow_in_the_review_as_photos_arrive(tiny_predictor, tmp_
     reviewed = store.review_event(late, store.classes()[0])
     assert reviewed["files"] == 1
     write_shot(inbox / "cam1" / "IMG_0005.JPG", T0 + timedelta(seconds=310), 50)
-    watch_once(tiny_predictor, inbox, db, tmp_path / "heat")
+    watch_in_process(tiny_predictor, inbox, db, events=60, heatmaps=tmp_path / "heat")
     build_index(source)
     again = store.event(late["id"])  # the same page id
     assert again["seq_num_frames"] == 2 and [f["file"] for f in again["files"]] == ["cam1/IMG_0004.JPG",
@@ -222,7 +205,7 @@ def test_station_events_grow_in_the_review_as_photos_arrive(tiny_predictor, tmp_
 def test_damaged_event_and_clip_data_is_no_crash(tiny_predictor, tmp_path: Path) -> None:
     inbox, db = tmp_path / "inbox", tmp_path / "station" / "results.sqlite"
     write_event_inputs(inbox)
-    watch_once(tiny_predictor, inbox, db, tmp_path / "heat")
+    watch_in_process(tiny_predictor, inbox, db, events=60, heatmaps=tmp_path / "heat")
     station = sqlite3.connect(db)
     with station:  # hostile values in every new column, and in the events table
         station.execute("UPDATE results SET frames='[[[', decisive_frames='{\"a\": 1}', frame_rate='fast', "

@@ -4,13 +4,13 @@ frame names never collide, and credentials never reach logs, the database or fil
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from watch_helpers import db_rows
 
 from helpers import run_cli
 from promptcam.core.errors import PromptCamError
@@ -21,13 +21,6 @@ SECRETS = ("s3cret", "tok123", "hunter2")
 CAMERA = "RTSP://admin:s3cret@cam.local/live?token=tok123&channel=2"
 
 
-def _rows(db: Path) -> list[dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM results ORDER BY id")]
-    finally:
-        con.close()
 
 
 def _no_secret_under(root: Path, *texts: str) -> None:
@@ -113,7 +106,7 @@ def test_clock_set_back_keeps_sampling_and_names_never_collide(predictor, tmp_pa
                             duration=1.6)
     first = run_stream(predictor, options, log=logs.append, capture_factory=lambda _: _Camera(),
                        wall_clock=wall_clock)
-    rows = _rows(tmp_path / "db.sqlite")
+    rows = db_rows(tmp_path / "db.sqlite")
     started = time.time() - 60
     before = [r for r in rows if r["taken_at"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))]
     after = [r for r in rows if r not in before]
@@ -125,7 +118,7 @@ def test_clock_set_back_keeps_sampling_and_names_never_collide(predictor, tmp_pa
                            max_frames=4)
     run_stream(predictor, frozen, log=logs.append, capture_factory=lambda _: _Camera(), wall_clock=lambda: 1.7e9)
     run_stream(predictor, frozen, log=logs.append, capture_factory=lambda _: _Camera(), wall_clock=lambda: 1.7e9)
-    rows = _rows(tmp_path / "db.sqlite")
+    rows = db_rows(tmp_path / "db.sqlite")
     assert len(rows) == first["frames_classified"] + 8
     assert len({r["file"] for r in rows}) == len(rows), "no two frames share a file name"
     for row in rows:

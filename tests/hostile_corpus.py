@@ -327,9 +327,11 @@ def make_hostile_corpus(root: Path) -> dict[str, Any]:
         c.add(r, "sub/IMG_0002.JPG", _encode(".jpg", _noise(22, 30, seed=seed + 10)), "same_name", "ok")
 
     # not images: skipped by suffix
-    for rel, data in {"notes.txt": b"notes\n", "meta.json": b"{}", "README": b"readme", "clip.mp4": b"\x00" * 64,
+    for rel, data in {"notes.txt": b"notes\n", "meta.json": b"{}", "README": b"readme",
                       "photo.jpg.part": jpg[:100], "thumbs.db": b"\x00" * 32}.items():
         c.add(main, f"other/{rel}", data, "non_image", "skip")
+    # a clip suffix is taken as a clip: zeros are no video, one failed record
+    c.add(main, "other/clip.mp4", b"\x00" * 64, "not_a_video", "failure")
 
     # file-system objects
     fs = main / "fs"

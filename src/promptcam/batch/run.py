@@ -117,9 +117,9 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         summary.resumed = len(files) - sum(len(c) for c in todo) - len(videos)
         summary.videos = len(files) - len(photos)
         if skipped:
-            log(f"skipping {len(skipped)} file(s) that are neither photos nor clips")
+            log(f"skipping {len(skipped)} non-image file(s)")
         if summary.resumed:
-            log(f"resuming: {summary.resumed} of {len(files)} files already done")
+            log(f"resuming: {summary.resumed} of {len(files)} images already done")
         heatmap_files = assign_heatmap_paths(files, options.heatmaps) if options.heatmaps is not None else {}
         progress = _progress(len(files), summary.resumed, options.progress)
         try:

@@ -27,7 +27,7 @@ from .prediction import Prediction
 from .predictor import Predictor
 from .records import HeatmapFiles, ImageRecord, record_prediction, round_probability
 from .verdict import Verdict, combine_frames
-from .video import DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_MAX_FRAMES, VideoError, VideoFrame, sample_frames
+from .video import DEFAULT_VIDEO_FPS, DEFAULT_VIDEO_MAX_FRAMES, VideoError, VideoFrame, open_video, sample_frames
 
 STRIP_TILE_HEIGHT = 240  # pixels of each decisive frame in a clip's strip
 FRAME_TOP_K = 3  # classes kept per sampled frame in the record
@@ -75,9 +75,12 @@ def classify_clip(predictor: Predictor, record: ImageRecord, path: str, *, optio
     record.media = "video"
     detector = boxes is not None
     try:
-        if detector and not boxes:
+        if detector and not boxes:  # the detector saw nothing: the header only (its rate, that it is a clip)
+            capture, info = open_video(path)
+            capture.release()
+            record.frame_rate, record.width, record.height = info.frame_rate, info.width, info.height
             record.frames, record.decisive_frames, record.top_k = [], [], []
-            return record  # the detector saw nothing: nothing to decode
+            return record
         info, frames = sample_frames(path, fps=options.fps, max_frames=options.max_frames,
                                      frames=list(boxes) if detector else None)
         record.frame_rate = info.frame_rate

@@ -2,8 +2,10 @@
 
 The server process is ``tritonserver`` from the ``nvidia-pytriton`` wheel; this process prepares its
 workspace, starts it, waits until the model is READY (loaded and through the manifest checks), says so
-with the endpoints, and forwards SIGTERM / SIGINT, on which Triton stops taking requests and finishes the
-ones in flight (up to ``drain_seconds``).
+with the endpoints, and on SIGTERM / SIGINT drains: it unloads the model through Triton's repository API,
+which lets the requests in flight finish and refuses new ones (clients retry them elsewhere or later), then
+stops Triton. (Triton's own SIGTERM keeps serving while any client holds a connection open, up to its exit
+timeout, and then exits with an error: a station's idle keep-alive connection would hold it.)
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ def _server_args(options: ServeOptions, binary: Path, repo: Path, backends: Path
     return [str(binary), f"--model-repository={repo}", f"--backend-directory={backends}",
             f"--http-address={options.host}", f"--grpc-address={options.host}", f"--metrics-address={options.host}",
             f"--http-port={options.http_port}", f"--grpc-port={options.grpc_port}",
-            f"--metrics-port={options.metrics_port}", f"--exit-timeout-secs={options.drain_seconds}",
-            "--strict-readiness=true", "--exit-on-error=true", "--allow-gpu-metrics=false",
+            f"--metrics-port={options.metrics_port}", "--exit-timeout-secs=3",
+            "--model-control-mode=explicit", f"--load-model={SERVED_MODEL}", "--strict-readiness=true",
+            "--exit-on-error=true", "--allow-gpu-metrics=false",
             f"--log-info={'true' if options.verbose else 'false'}"]
 
 
@@ -149,17 +152,42 @@ class Server:
         self.stop()
         raise PromptCamError(f"the server was not ready within {self.options.start_timeout:g} s")
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Ask Triton to stop (it drains what is in flight), wait for it, remove the workspace."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
+    def drain(self) -> bool:
+        """Unload the model: the requests in flight finish, new ones are refused. True once it is unloaded."""
+        base = self.options.local_http()
+        deadline = time.monotonic() + self.options.drain_seconds
+        try:
+            unload = urllib.request.Request(f"{base}/v2/repository/models/{SERVED_MODEL}/unload", data=b"{}",
+                                            method="POST")
+            urllib.request.urlopen(unload, timeout=max(1.0, self.options.drain_seconds)).close()  # noqa: S310
+        except (urllib.error.URLError, OSError):
+            return False
+        while time.monotonic() < deadline and self.process is not None and self.process.poll() is None:
+            index = urllib.request.Request(f"{base}/v2/repository/index", data=b"{}", method="POST")
             try:
-                self.process.wait(self.options.drain_seconds + 15)
+                with urllib.request.urlopen(index, timeout=2) as response:  # noqa: S310 - our own loopback URL
+                    states = {m.get("name"): m.get("state") for m in json.loads(response.read())}
+            except (urllib.error.URLError, OSError, ValueError):
+                return False
+            if states.get(SERVED_MODEL) not in ("READY", "UNLOADING", "LOADING"):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, *, drain: bool = True) -> int:
+        """Drain (unless ``drain=False``), stop Triton, remove the workspace; returns 0 after a clean drain."""
+        drained = True
+        if self.process is not None and self.process.poll() is None:
+            drained = self.drain() if drain else False
+            # nothing is in flight now; idle keep-alive connections would only hold Triton's exit timeout
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.cleanup()
-        return self.process.returncode if self.process is not None else 0
+        return 0 if drained else (self.process.returncode if self.process is not None else 1) or 1
 
     def cleanup(self) -> None:
         if self.workspace is not None:
@@ -173,19 +201,25 @@ def serve(options: ServeOptions, log: Callable[[str], None] = print) -> int:
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-        if server.process is not None and server.process.poll() is None:
+        if not stopping.is_set():
             log(f"{signal.Signals(signum).name}: draining the requests in flight, then stopping")
-            server.process.send_signal(signal.SIGTERM)
+        stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
         server.start()
-        while server.process is not None and server.process.poll() is None:
-            time.sleep(0.2)
-        code = server.process.returncode if server.process is not None else 0
-        log(f"stopped (exit code {code})" if stopping.is_set() else f"the server exited on its own (code {code})")
-        return 0 if stopping.is_set() and code in (0, -signal.SIGTERM) else (code or 1)
+        while not stopping.is_set() and server.process is not None and server.process.poll() is None:
+            stopping.wait(0.2)
+        if not stopping.is_set():
+            code = server.process.returncode if server.process is not None else 1
+            log(f"the server exited on its own (code {code})")
+            return code or 1
+        started = time.monotonic()
+        code = server.stop()
+        log(f"drained and stopped in {time.monotonic() - started:.1f} s" if code == 0 else
+            f"stopped without a clean drain (code {code}: the requests in flight took over "
+            f"{options.drain_seconds} s, or Triton failed)")
+        return code
     finally:
-        server.stop()
+        server.stop(drain=False)

@@ -12,6 +12,7 @@ the photos in its inbox, ``promptcam run --resume`` continues). A request the se
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,8 @@ TRITON_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_INT64": "i
                  "UINT8": "uint8", "FP32": "float32", "INT64": "int64", "FP16": "float16"}
 # what a lost server looks like through either protocol (HTTP: the socket errors; gRPC: these statuses)
 RETRY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+LOST_SIGNS = ("failed to connect", "unknown model", "is not ready", "no available versions", "not found, unavailable",
+              "server is stopping")
 
 
 def parse_server_url(url: str) -> tuple[str, str]:
@@ -48,11 +51,13 @@ def parse_server_url(url: str) -> tuple[str, str]:
 
 def _lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the server is (for now) gone, not that it refused the request."""
-    if isinstance(exc, OSError | TimeoutError):
+    if isinstance(exc, OSError | TimeoutError | http.client.HTTPException):  # refused, reset, closed mid-answer
         return True
     status = getattr(exc, "status", None)
     status = status() if callable(status) else status
-    return str(status) in RETRY_STATUSES or "failed to connect" in str(exc).lower()
+    text = str(exc).lower()
+    # a draining or restarting server has no ready model for a moment: retried like a lost one
+    return str(status) in RETRY_STATUSES or any(sign in text for sign in LOST_SIGNS)
 
 
 class TritonClientBackend(Backend):

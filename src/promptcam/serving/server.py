@@ -69,7 +69,7 @@ def _server_args(options: ServeOptions, binary: Path, repo: Path, backends: Path
     return [str(binary), f"--model-repository={repo}", f"--backend-directory={backends}",
             f"--http-address={options.host}", f"--grpc-address={options.host}", f"--metrics-address={options.host}",
             f"--http-port={options.http_port}", f"--grpc-port={options.grpc_port}",
-            f"--metrics-port={options.metrics_port}", "--exit-timeout-secs=3",
+            f"--metrics-port={options.metrics_port}", "--exit-timeout-secs=1",
             "--model-control-mode=explicit", f"--load-model={SERVED_MODEL}", "--strict-readiness=true",
             "--exit-on-error=true", "--allow-gpu-metrics=false",
             f"--log-info={'true' if options.verbose else 'false'}"]

@@ -239,3 +239,18 @@ def test_run_with_server_writes_what_a_local_run_writes(server: ServedModel, tin
             path = image["promptcam"][key].replace("OUT", "")
             assert (tmp_path / "local" / path.lstrip("/")).read_bytes() == \
                 (tmp_path / "served" / path.lstrip("/")).read_bytes()
+
+
+def test_watch_with_server_classifies_the_inbox(server: ServedModel, tiny_export: Path, tiny_predictor,
+                                                tmp_path: Path) -> None:
+    from watch_helpers import db_rows, jpeg
+
+    inbox = tmp_path / "inbox"
+    for i in range(3):
+        jpeg(inbox / f"cam_{i}.jpg", seed=20 + i)
+    local = {p.name: tiny_predictor.predict([p])[0].top1.name for p in sorted(inbox.iterdir())}
+    result = run_cli("promptcam", "watch", inbox, "--model", tiny_export, "--server", server.grpc, "--db",
+                     tmp_path / "results.sqlite", "--once", "--no-events", "--settle", 0, "--poll", 0.05)
+    assert result.returncode == 0, result.stderr
+    assert "engine server: Triton server grpc://127.0.0.1" in result.stderr
+    assert {r["file"]: r["top1"] for r in db_rows(tmp_path / "results.sqlite")} == local

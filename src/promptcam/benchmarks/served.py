@@ -122,8 +122,10 @@ def _served(model_dir: Path, server: Server, pixels: np.ndarray, concurrency: in
 
 
 def served_row(model_dir: str | Path, *, threads: int = 2, concurrencies: tuple[int, ...] = (1, 4, 8),
-               seconds: float = 5.0, queue_delay_us: int = 2000, log: Any = print) -> dict[str, Any]:
-    """Served against local images per second at each concurrency, in one run (start-up excluded)."""
+               seconds: float = 5.0, rounds: int = 3, queue_delay_us: int = 2000,
+               log: Any = print) -> dict[str, Any]:
+    """Served against local images per second at each concurrency, in one run (start-up excluded): ``seconds``
+    per side and concurrency, in ``rounds`` alternating slices."""
     model_dir = Path(model_dir)
     http, grpc, metrics = _free_ports(3)
     options = ServeOptions(model_dir=model_dir, engine="ort-cpu", threads=threads, http_port=http, grpc_port=grpc,
@@ -135,10 +137,17 @@ def served_row(model_dir: str | Path, *, threads: int = 2, concurrencies: tuple[
         size = read_manifest(model_dir).config.img_size
         pixels = np.random.default_rng(0).integers(0, 256, (max(concurrencies), size, size, 3), dtype=np.uint8)
         for concurrency in concurrencies:
-            local = _local(model_dir, pixels, concurrency, threads, seconds)
-            served = _served(model_dir, server, pixels, concurrency, seconds)
-            row = {"concurrency": concurrency, "local_images_per_second": local["images_per_second"],
-                   "served_images_per_second": served.pop("images_per_second"), **served}
+            # alternating slices: a machine whose load drifts (a shared one) slows both sides alike
+            local_rates, served_rows = [], []
+            for _ in range(rounds):
+                local = _local(model_dir, pixels, concurrency, threads, seconds / rounds)
+                local_rates.append(local["images_per_second"])
+                served_rows.append(_served(model_dir, server, pixels, concurrency, seconds / rounds))
+            served = {key: float(np.mean([r[key] for r in served_rows])) for key in served_rows[0]}
+            served["errors"] = int(sum(r["errors"] for r in served_rows))
+            row = {"concurrency": concurrency, "local_images_per_second": float(np.mean(local_rates)),
+                   "served_images_per_second": served.pop("images_per_second"), **served,
+                   "local_rounds": local_rates, "served_rounds": [r["images_per_second"] for r in served_rows]}
             row["served_over_local"] = row["served_images_per_second"] / row["local_images_per_second"]
             rows.append(row)
             log(f"  served c={concurrency}: {row['served_images_per_second']:.1f} img/s vs local "
@@ -148,4 +157,5 @@ def served_row(model_dir: str | Path, *, threads: int = 2, concurrencies: tuple[
     finally:
         server.stop()
     return {"model_dir": str(model_dir), "engine": server.engine, "threads": threads, "seconds": seconds,
+            "rounds": rounds,
             "queue_delay_us": queue_delay_us, "rows": rows}

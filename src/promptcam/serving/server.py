@@ -75,12 +75,15 @@ def _server_args(options: ServeOptions, binary: Path, repo: Path, backends: Path
             f"--log-info={'true' if options.verbose else 'false'}"]
 
 
-def _die_with_parent() -> None:
-    """In the child: a SIGTERM when ``promptcam serve`` dies, so a killed parent leaves no server behind."""
+def _child_setup() -> None:
+    """In the child, before ``exec``: its own process group, so a terminal's Ctrl-C reaches ``promptcam serve``
+    alone (which drains), and SIGKILL when ``promptcam serve`` dies, so a killed parent leaves no server."""
     import ctypes
+    import os
 
+    os.setpgid(0, 0)
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -110,7 +113,7 @@ class Server:
         backends = write_backend_folder(dist, self.workspace / "backends")
         self.process = subprocess.Popen(_server_args(options, dist.binary, repo, backends),
                                         env=server_environment(dist), stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                        stderr=subprocess.STDOUT, preexec_fn=_child_setup)
         threading.Thread(target=self._relay, args=(self.process.stdout,), daemon=True).start()
         self._wait_ready()
         self.engine = json.loads(status_file.read_text())["engine"]

@@ -32,8 +32,7 @@ TRITON_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32", "TYPE_INT64": "i
                  "UINT8": "uint8", "FP32": "float32", "INT64": "int64", "FP16": "float16"}
 # what a lost server looks like through either protocol (HTTP: the socket errors; gRPC: these statuses)
 RETRY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
-LOST_SIGNS = ("failed to connect", "unknown model", "is not ready", "no available versions", "not found, unavailable",
-              "server is stopping")
+LOST_SIGNS = ("failed to connect", "unknown model", "is not ready", "no available versions", "server is stopping")
 
 
 def parse_server_url(url: str) -> tuple[str, str]:
@@ -94,9 +93,6 @@ class TritonClientBackend(Backend):
         self.output_names = tuple(o["name"] for o in config.get("output", ()))
         self._reshaped = {o["name"] for o in config.get("output", ()) if "reshape" in o}
         self.description = f"Triton server {self.url}, model {SERVED_MODEL!r}"
-        served_by = (config.get("parameters") or {}).get("promptcam.engine", {}).get("string_value")
-        if served_by:
-            self.description += f" ({served_by})"
 
     def _config_of(self, client: Any) -> dict[str, Any]:
         if self.protocol == "grpc":

@@ -177,10 +177,9 @@ class InboxWatcher:
                     except ServerUnavailableError as exc:
                         # nothing was committed or moved: the photos stay in the inbox, ready at the next scan
                         self.status.last_error = str(exc)
-                        self.log(f"{exc}; {len(scan.ready)} photos wait in the inbox")
+                        self.log(f"{exc}; {len(scan.ready) - index * size} photos wait in the inbox")
                         self._write_status("waiting-for-server", force=True)
                         return 0
-
                     self.status.queue_depth = max(0, self.status.queue_depth - size)
                     if self.stopping.is_set():
                         break  # SIGTERM: the batch in flight is done; the rest waits for the next start

@@ -32,6 +32,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its reaper is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class ServedModel:
     """``promptcam serve MODEL`` in its own process group; ``http``/``grpc`` are the client URLs."""
 
@@ -78,8 +86,27 @@ class ServedModel:
             self.kill()
             raise
 
+    def descendants(self) -> set[int]:
+        """promptcam serve's processes below it (tritonserver, its Python stub), from /proc."""
+        found, todo = set(), [self.process.pid] if self.process is not None else []
+        while todo:
+            pid = todo.pop()
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    kids = {int(k) for k in children.read_text().split()}
+                except OSError:
+                    continue
+                todo += kids - found
+                found |= kids
+        return found
+
     def kill(self) -> None:
-        """SIGKILL to the whole group (promptcam serve, tritonserver and its stub): a crashed server."""
+        """SIGKILL to promptcam serve alone (a crash); tritonserver and its stub must follow it, bounded wait."""
         if self.process is not None and self.process.poll() is None:
+            below = self.descendants()
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
+            deadline = time.monotonic() + 15
+            while (alive := {p for p in below if _running(p)}) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not alive, f"left behind after promptcam serve was killed: {sorted(alive)}"

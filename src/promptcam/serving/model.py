@@ -23,8 +23,8 @@ from promptcam.core.atomic import atomic_write_text
 from promptcam.core.iospec import PIXELS, TOP_CLASS
 
 # the model's parameters in config.pbtxt (written by ``serving.repository``)
-MODEL_DIR, ENGINE, THREADS, STATUS_FILE = "promptcam.model_dir", "promptcam.engine_request", "promptcam.threads", \
-    "promptcam.status_file"
+MODEL_DIR, ENGINE, THREADS, STATUS_FILE, PYTHON = ("promptcam.model_dir", "promptcam.engine_request",
+                                                  "promptcam.threads", "promptcam.status_file", "promptcam.python")
 
 
 def _quiet_capsule_warning(hook: Any) -> Any:
@@ -40,6 +40,38 @@ def _quiet_capsule_warning(hook: Any) -> Any:
     return quiet
 
 
+# a watcher process: SIGKILL to the stub once tritonserver is gone (a zombie counts as gone), and the
+# workspace of a promptcam serve that could not remove it (killed) removed
+WATCHER = """
+import os, shutil, signal, sys, time
+server, stub, workspace = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+while alive(stub):
+    if not alive(server):
+        os.kill(stub, signal.SIGKILL)
+        shutil.rmtree(workspace, ignore_errors=True)
+        break
+    time.sleep(0.5)
+"""
+
+
+def _exit_with_server(python: str, workspace: Path) -> None:
+    """Triton's stub outlives a killed ``tritonserver``: reparented, it ignores SIGTERM and keeps the model in
+    memory. Neither a thread of its own (the stub waits in C++ holding the GIL) nor ``PR_SET_PDEATHSIG``
+    (the thread that started it ends after the load) can end it, so a small process watches both."""
+    import os
+    import subprocess
+
+    subprocess.Popen([python, "-c", WATCHER, str(os.getppid()), str(os.getpid()), str(workspace)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
+                     start_new_session=True)
+
+
 class TritonPythonModel:
     """Triton's Python-backend interface: ``initialize``, ``execute`` (a list of requests), ``finalize``."""
 
@@ -52,6 +84,7 @@ class TritonPythonModel:
         sys.unraisablehook = _quiet_capsule_warning(sys.unraisablehook)
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        _exit_with_server(parameters[PYTHON], Path(parameters[STATUS_FILE]).parent)
         threads = int(parameters[THREADS]) if parameters.get(THREADS) else None
         self.max_batch = int(config["max_batch_size"])
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from promptcam.core.manifest import Manifest
 from promptcam.core.triton_config import model_config
 from promptcam.runtime.backends.served import SERVED_MODEL
 
-from .model import ENGINE, MODEL_DIR, STATUS_FILE, THREADS
+from .model import ENGINE, MODEL_DIR, PYTHON, STATUS_FILE, THREADS
 
 # the stub ignores PYTHONPATH: the shim puts the promptcam that wrote it first (a source checkout included)
 MODEL_SHIM = """import sys
@@ -92,7 +92,7 @@ def write_model_repository(repo: Path, model_dir: Path, manifest: Manifest, *, e
     """``repo/promptcam/{config.pbtxt, 1/model.py}`` serving ``model_dir`` with dynamic batching."""
     inputs, outputs = model_io(manifest.config).to_manifest()
     parameters = {MODEL_DIR: str(model_dir.resolve()), ENGINE: engine, THREADS: str(threads or ""),
-                  STATUS_FILE: str(status_file)}
+                  STATUS_FILE: str(status_file), PYTHON: sys.executable}
     folder = repo / SERVED_MODEL
     (folder / "1").mkdir(parents=True, exist_ok=True)
     source_root = Path(promptcam.__file__).resolve().parent.parent

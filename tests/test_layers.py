@@ -1,4 +1,4 @@
-"""The layering is real: core <- runtime (torch-free) <- results <- batch / station / review / cli
+"""The layering is real: core <- runtime (torch-free) <- results <- batch / station / review / serving / cli
 <- explain / models / export / train / benchmarks, and no module imports itself back in a circle.
 
 Three checks: every module's import statements (static, so a lazy import inside a function counts
@@ -20,7 +20,7 @@ import promptcam
 
 PACKAGE = Path(promptcam.__file__).parent
 HEAVY = {"torch", "timm", "torchvision", "onnx"}
-APPLICATIONS = ("batch", "station", "review", "cli")
+APPLICATIONS = ("batch", "station", "review", "serving", "cli")
 TOP = ("explain", "models", "train", "export", "benchmarks")
 
 
@@ -34,9 +34,10 @@ FORBIDDEN = {
     "runtime": HEAVY | _packages("results", *APPLICATIONS, *TOP),
     "results": HEAVY | {"onnxruntime", "tensorrt", "cv2"} | _packages(*APPLICATIONS, *TOP),
     # the applications are siblings: each builds on runtime and results, none on another
-    "batch": HEAVY | _packages("station", "review", "cli", *TOP),
-    "station": HEAVY | _packages("batch", "review", "cli", *TOP),
-    "review": HEAVY | _packages("batch", "station", "cli", *TOP),
+    "batch": HEAVY | _packages("station", "review", "serving", "cli", *TOP),
+    "station": HEAVY | _packages("batch", "review", "serving", "cli", *TOP),
+    "review": HEAVY | _packages("batch", "station", "serving", "cli", *TOP),
+    "serving": HEAVY | _packages("batch", "station", "review", "cli", *TOP),
     "cli": HEAVY | _packages(*TOP),
     "explain": _packages("train", "export", "benchmarks", "cli"),
     "models": _packages("explain", "train", "export", "benchmarks", "cli"),
@@ -98,7 +99,8 @@ BLOCK = textwrap.dedent("""
      sorted(HEAVY | {"onnxruntime", "tensorrt", "cv2"})),
     (["promptcam.runtime.images", "promptcam.runtime.heatmap", "promptcam.results.formats"],
      sorted(HEAVY | {"onnxruntime", "tensorrt"})),
-    (["promptcam.runtime", "promptcam.runtime.predictor", "promptcam.batch.run"], sorted(HEAVY)),
+    (["promptcam.runtime", "promptcam.runtime.predictor", "promptcam.batch.run", "promptcam.serving.server",
+      "promptcam.runtime.backends.served"], sorted(HEAVY)),
 ])
 def test_light_layers_import_with_heavy_packages_blocked(modules: list[str], blocked: list[str]) -> None:
     code = BLOCK.format(blocked=blocked) + "".join(f"import {m}\n" for m in modules)

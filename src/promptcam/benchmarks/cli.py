@@ -144,6 +144,22 @@ def _end_to_end(model_dir: Path, engine: str, pixels_per_second: float, batch: i
             "ratio": summary.images_per_second / pixels_per_second}
 
 
+def _served_only(model_dir: Path, threads: int | None, seconds: float | None, out: Path) -> None:
+    """``--served``: the served row alone (no torch, an exported model folder)."""
+    import json
+
+    from promptcam.runtime.backends.onnxruntime import default_threads
+
+    from .measure import machine_info
+    from .served import served_row
+
+    result = served_row(model_dir, threads=threads or default_threads(), seconds=seconds or 5.0, log=click.echo)
+    result["machine"] = machine_info()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "served.json").write_text(json.dumps(result, indent=1))
+    click.echo(f"wrote {out / 'served.json'}")
+
+
 def _trait_cost(model_dir: Path, engine: str, threads: int, repeats: int = 5) -> dict[str, Any]:
     """Trait ranking (k=4) of the predicted class vs one inference, batch 1."""
     from promptcam.runtime.predictor import Predictor
@@ -217,6 +233,9 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--compile-mode", default=None, help="torch.compile mode of eager-compile-fp16 (default: torch's).")
 @click.option("--profile-batch", type=int, default=0, show_default=True,
               help="Also profile the ORT engine at this batch: ort_profile_b<N>.md/json in OUT (0: off).")
+@click.option("--served", "served_model", type=click.Path(path_type=Path), default=None, metavar="MODEL_DIR",
+              help="Only the served row: MODEL_DIR through promptcam serve at concurrency 1, 4, 8 against the same "
+                   "model locally (serve extra); writes served.json to OUT.")
 @click.option("--work", type=click.Path(path_type=Path), default=None,
               help="Keep exports here and reuse them across runs (keyed by a digest of the weights).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
@@ -225,10 +244,14 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
          seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, video_clips: int,
          video_seconds: float, real_scale: bool,
          real_scale_backends: str, eager_batches: str | None, peer_device: str, compile_backend: str,
-         compile_mode: str | None, profile_batch: int, work: Path | None, out: Path, verbose: bool) -> None:
+         compile_mode: str | None, profile_batch: int, served_model: Path | None, work: Path | None, out: Path,
+         verbose: bool) -> None:
     """Measure every backend side by side; write bench.json, bench.md and bench.png to OUT."""
 
     def body() -> None:
+        if served_model is not None:
+            _served_only(served_model, threads, seconds, out)
+            return
         import torch
 
         from promptcam.runtime.backends.onnxruntime import default_threads

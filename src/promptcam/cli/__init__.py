@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "Write a station database or run folder as MegaDetector JSON, CSV, JSONL, Parquet, Camtrap DP."),
     "bench": ("promptcam.benchmarks.cli:main", "Latency and agreement of every backend against eager PyTorch."),
     "review": ("promptcam.review.cli:main", "Review results with heatmaps in a local web page; correct labels."),
+    "serve": ("promptcam.serving.cli:serve", "Serve a model with Triton Inference Server (HTTP, gRPC, batching)."),
 }
 
 

@@ -140,7 +140,8 @@ def _run(ctx: click.Context, inputs: tuple[Path, ...], o: CliValues) -> None:
 
         _report(run_ray(o.model_dir, files_options(inputs, o), ray_options(o), o.batch_size, log=log))
         return
-    predictor = Predictor(o.model_dir, o.engine, batch_size=o.batch_size, threads=o.threads)
+    predictor = Predictor(o.model_dir, o.engine, batch_size=o.batch_size, threads=o.threads, server=o.server,
+                          server_wait=o.server_wait)
     if o.explain_class is not None:
         predictor.class_index(o.explain_class)  # unknown class: fail before any work
     click.echo(f"engine {predictor.engine_description}; model {predictor.config.arch}, "
@@ -167,6 +168,8 @@ def check_combinations(o: CliValues) -> None:
         raise PromptCamError("--detections classifies files: it cannot be used with --source")
     if o.use_ray and o.heatmaps is not None:
         raise PromptCamError("--ray runs files only, without --heatmaps")
+    if o.server is not None and (o.use_ray or o.decode == "gpu"):
+        raise PromptCamError("--server classifies on the server: not with --ray or --decode gpu")
     if o.decode == "gpu":
         if o.use_ray or o.source is not None:
             raise PromptCamError("--decode gpu classifies files: it cannot be used with --ray or --source yet")

@@ -64,7 +64,8 @@ from promptcam.station.options import SidecarOptions, WatchOptions
 @video_options
 @events_options
 @verbose_option
-def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size: int, threads: int | None, top_k: int,
+def watch(inbox: Path, model_dir: Path, engine: str, server: str | None, server_wait: float, db: Path | None,
+          batch_size: int, threads: int | None, top_k: int,
           traits: int, settle: float, incomplete_wait: float, poll: float, heatmaps: Path | None,
           move_processed: Path | None, failed_dir: Path | None, jsonl: Path | None, status_file: Path | None,
           no_events: bool, workers: int, once: bool, batch_delay: float, detections_mode: str | None,
@@ -95,7 +96,8 @@ def watch(inbox: Path, model_dir: Path, engine: str, db: Path | None, batch_size
             clips=clip_options_of({"video_fps": video_fps, "video_max_frames": video_max_frames}), events=events,
             camera_from=camera_from)
         options.check()  # before the model loads: a wrong setting is one line, at once
-        predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads)
+        predictor = Predictor(model_dir, engine, batch_size=batch_size, threads=threads, server=server,
+                              server_wait=server_wait)
         click.echo(f"engine {predictor.engine_description}", err=True)
         watcher = InboxWatcher(predictor, options, log=lambda m: click.echo(m, err=True))
         watcher.run()

@@ -34,3 +34,8 @@ class BackendUnavailableError(PromptCamError):
 
 class ImageError(PromptCamError):
     """One image could not be read or decoded; becomes a per-image failure record."""
+
+
+class ServerUnavailableError(BackendUnavailableError):
+    """An inference server (``--server URL``) could not be reached within its retry time; nothing was lost:
+    the images of the batch are classified again once it answers."""

@@ -12,16 +12,14 @@ Layout::
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from promptcam.core.errors import ExportError
 from promptcam.core.iospec import PIXELS, model_io, trait_head_io
-from promptcam.core.manifest import METADATA_KEY, Manifest
-
-TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+from promptcam.core.manifest import Manifest
+from promptcam.core.triton_config import model_config
 
 
 @dataclass(frozen=True)
@@ -38,35 +36,6 @@ class TritonOptions:
             raise ExportError(f"Triton instance kind must be KIND_GPU or KIND_CPU, got {self.kind!r}")
         if any(b > self.max_batch_size for b in self.preferred_batch_sizes):
             raise ExportError("preferred batch sizes must not exceed max_batch_size")
-
-
-def _tensor(name: str, spec: dict, batched: bool) -> str:
-    # with batching, Triton's dims exclude the batch dimension; symbolic sizes are -1
-    shape = spec["shape"][1:] if batched else spec["shape"]
-    # a batch-only tensor (top_class [B]): Triton wants dims [1] reshaped to a scalar per request
-    reshape = "\n    reshape: { shape: [ ] }" if batched and not shape else ""
-    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape or [1])
-    return (f'  {{\n    name: "{name}"\n    data_type: {TRITON_TYPES[spec["dtype"]]}\n    dims: [ {dims} ]'
-            f'{reshape}\n  }}')
-
-
-def model_config(name: str, platform: str, inputs: dict, outputs: dict, *, max_batch_size: int,
-                 preferred: tuple[int, ...], delay_us: int, instances: int, kind: str,
-                 manifest_json: str | None = None) -> str:
-    """config.pbtxt text (protobuf text format of Triton's ModelConfig); ``max_batch_size=0``: no batching."""
-    batched = max_batch_size > 0
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}",
-             "version_policy: { latest: { num_versions: 1 } }",
-             "input [\n" + ",\n".join(_tensor(n, s, batched) for n, s in inputs.items()) + "\n]",
-             "output [\n" + ",\n".join(_tensor(n, s, batched) for n, s in outputs.items()) + "\n]"]
-    if batched:
-        lines.append("dynamic_batching {\n  preferred_batch_size: [ " + ", ".join(map(str, preferred)) + " ]\n"
-                     f"  max_queue_delay_microseconds: {delay_us}\n}}")
-    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
-    if manifest_json is not None:
-        escaped = json.dumps(manifest_json)  # a JSON string literal is a valid protobuf text string
-        lines.append(f'parameters: {{\n  key: "{METADATA_KEY}"\n  value: {{ string_value: {escaped} }}\n}}')
-    return "\n".join(lines) + "\n"
 
 
 def write_triton_repo(

@@ -21,6 +21,11 @@ model_options = option_group(
     click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
     click.option("--threads", type=click.IntRange(min=1), default=None,
                  help="ONNX Runtime intra-op threads (default: all cores)."),
+    click.option("--server", default=None, metavar="URL",
+                 help="Classify on a promptcam serve server (http://HOST:8000 or grpc://HOST:8001); images are "
+                      "decoded here, --model is the local copy of the served folder."),
+    click.option("--server-wait", type=click.FloatRange(min=0), default=60.0, show_default=True,
+                 help="Seconds a lost server is retried, with backoff, before the batch waits for later."),
 )
 
 explain_options = option_group(

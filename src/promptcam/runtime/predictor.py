@@ -42,6 +42,9 @@ class Predictor:
         engine: ``auto`` | ``ort`` | ``ort-cpu`` | ``ort-cuda`` | ``ort-trt`` | ``trt``.
         batch_size: Images per backend call.
         threads: ORT intra-op threads (default: the cores this process may use).
+        server: A ``promptcam serve`` URL (``http://HOST:PORT`` / ``grpc://HOST:PORT``): the model runs there,
+            the rest here; its manifest must equal ``model_dir``'s (the trait head stays local).
+        server_wait: Seconds a lost server is retried before ``ServerUnavailableError``.
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class Predictor:
         batch_size: int = 8,
         threads: int | None = None,
         device_id: int = 0,
+        server: str | None = None,
+        server_wait: float = 60.0,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = read_manifest(self.model_dir)
@@ -66,7 +71,7 @@ class Predictor:
             self.manifest.file(self.model_dir, role)
         trait_head_path = self.manifest.file(self.model_dir, "trait_head")
         self.backend: Backend = create_backend(self.model_dir, self.manifest, engine, threads=threads,
-                                               device_id=device_id)
+                                               device_id=device_id, server=server, server_wait=server_wait)
         try:
             self._ranker = self._load_trait_ranker(trait_head_path)
             main_file = self.manifest.files["engine" if self.backend.name == "trt" else "model"]

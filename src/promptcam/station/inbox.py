@@ -31,7 +31,7 @@ from typing import Any
 
 import cv2
 
-from promptcam.core.errors import ImageError, PromptCamError
+from promptcam.core.errors import ImageError, PromptCamError, ServerUnavailableError
 from promptcam.results.megadetector import MAX_CROPS_PER_PHOTO
 from promptcam.results.store import ResultStore
 from promptcam.runtime.clips import classify_clip
@@ -181,7 +181,14 @@ class InboxWatcher:
                     taken = [t for t, decoding in upcoming if decoding is None or decoding.result() is not None]
                     # the next batch decodes while this one is classified and committed
                     upcoming = self._decoding(pool, reads)
-                    self._process(batch, taken)
+                    try:
+                        self._process(batch, taken)
+                    except ServerUnavailableError as exc:
+                        # nothing was committed or moved: the photos stay in the inbox, ready at the next scan
+                        self.status.last_error = str(exc)
+                        self.log(f"{exc}; {len(scan.ready) - index * size} photos wait in the inbox")
+                        self._write_status("waiting-for-server", force=True)
+                        return 0
                     self.status.queue_depth = max(0, self.status.queue_depth - size)
                     if self.stopping.is_set():
                         break  # SIGTERM: the batch in flight is done; the rest waits for the next start

@@ -22,14 +22,24 @@ def create_backend(
     *,
     threads: int | None = None,
     device_id: int = 0,
+    server: str | None = None,
+    server_wait: float = 60.0,
 ) -> Backend:
     """Create the backend named ``engine``.
 
     ``auto`` tries a TensorRT engine (if the model directory has one), then ORT CUDA, then the CPU,
     and the returned backend's ``description`` says which. ``ort`` is ORT CUDA when available,
     else CPU. A broken model directory (``ManifestError``) is not a reason to try another engine:
-    it is raised at once.
+    it is raised at once. ``server`` (a ``promptcam serve`` URL) sends the pixels there instead: the
+    engine is then the server's, and ``engine`` must stay ``auto``.
     """
+    if server is not None:
+        if engine != "auto":
+            raise BackendUnavailableError(f"--engine {engine} with --server: the engine is the server's "
+                                          "(promptcam serve --engine)")
+        from .served import TritonClientBackend
+
+        return TritonClientBackend(server, wait=server_wait)
     if engine not in ENGINES:
         raise BackendUnavailableError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
     if engine in ("auto", "ort"):

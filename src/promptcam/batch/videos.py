@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from promptcam.core.errors import PromptCamError
+from promptcam.core.errors import BackendUnavailableError, PromptCamError
 from promptcam.results.journal import Journal
 from promptcam.results.megadetector import mark_left_out, select_clip_crops
 from promptcam.runtime.clips import classify_clip
@@ -69,6 +69,8 @@ def _clip_record(predictor: Predictor, options: RunOptions, item: InputFile, hea
             raise
         record.failure = f"{item.path}: cannot write heatmap ({exc})"
         return record
+    except BackendUnavailableError:
+        raise  # a lost server (--server) or engine: the run stops and --resume redoes this clip
     except PromptCamError as exc:
         record.failure = str(exc)
         return record

@@ -22,6 +22,10 @@ import numpy as np
 from promptcam.core.atomic import atomic_write_text
 from promptcam.core.iospec import PIXELS, TOP_CLASS
 
+# NumPy 1 (what pip picks for the serve extra alone: the wheel pins numpy<2) crosses the stub through its own
+# converter, which reads NumPy 1 arrays right; NumPy 2 needs DLPack (module docstring)
+NUMPY_2 = int(np.__version__.split(".")[0]) >= 2
+
 # the model's parameters in config.pbtxt (written by ``serving.repository``)
 MODEL_DIR, ENGINE, THREADS, STATUS_FILE, PYTHON = ("promptcam.model_dir", "promptcam.engine_request",
                                                   "promptcam.threads", "promptcam.status_file", "promptcam.python")
@@ -102,7 +106,8 @@ class TritonPythonModel:
         responses: list[Any] = [None] * len(requests)
         batches, wanted = [], set()
         for i, request in enumerate(requests):
-            pixels = np.from_dlpack(pb.get_input_tensor_by_name(request, PIXELS))
+            tensor = pb.get_input_tensor_by_name(request, PIXELS)
+            pixels = np.from_dlpack(tensor) if NUMPY_2 else tensor.as_numpy()
             if len(pixels) == 0:  # Triton passes a batch of 0 through; it has nothing to classify
                 responses[i] = pb.InferenceResponse(error=pb.TritonError("a batch of 0 images: send 1 or more"))
                 continue
@@ -127,7 +132,7 @@ class TritonPythonModel:
                     part = np.ascontiguousarray(out[name][start:end])
                     if name == TOP_CLASS:
                         part = part.astype(np.int64)
-                    tensors.append(pb.Tensor.from_dlpack(name, part))
+                    tensors.append(pb.Tensor.from_dlpack(name, part) if NUMPY_2 else pb.Tensor(name, part))
             responses[i] = pb.InferenceResponse(output_tensors=tensors)
             start = end
         return responses

@@ -14,6 +14,7 @@
 #   bash benchmarks/arm64.sh
 #   PYTHON=.venv/bin/python PROMPTCAM_TEST_CACHE=/work/cache-demo bash benchmarks/arm64.sh
 #   QEMU_CPU=max THREADS=1 OUT=/tmp/arm64 bash benchmarks/arm64.sh     # other emulated CPU features
+#   STOP_AFTER=install bash benchmarks/arm64.sh                          # only the root file system and the install
 #
 # Needs root (chroot) and Debian's qemu-user-static and mmdebstrap (installed with apt-get when missing).
 # Without binfmt_misc (containers) no arm64 program can exec another, so every arm64 command is started
@@ -47,16 +48,18 @@ if ! command -v qemu-aarch64-static >/dev/null || ! command -v mmdebstrap >/dev/
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static mmdebstrap
 fi
 [ "$(id -u)" = 0 ] || { echo "chroot needs root"; exit 1; }
+CHROOT=$(command -v chroot)
 
 # --- the arm64 root file system (cached) -------------------------------------------------------------
-if [ ! -f "$ROOTFS/.promptcam-rootfs" ]; then
+# python3 and venv as on Raspberry Pi OS; libstdc++6, which Raspberry Pi OS always has, for the wheels' C++ code
+PACKAGES=python3,python3-venv,python3-pip-whl,python3-setuptools-whl,libstdc++6,ca-certificates
+if [ "$(cat "$ROOTFS/.promptcam-rootfs" 2>/dev/null)" != "$SUITE $PACKAGES" ]; then
     step "building an arm64 Debian $SUITE root file system in $ROOTFS"
     rm -rf "$ROOTFS" "$ROOTFS.tar"
     # extract: unpack the packages and their dependencies without running maintainer scripts (no arm64 exec here)
-    mmdebstrap --variant=extract --arch=arm64 --include=python3,python3-venv,python3-pip-whl,python3-setuptools-whl,ca-certificates \
-        "$SUITE" "$ROOTFS.tar" "$MIRROR"
+    mmdebstrap --variant=extract --arch=arm64 --include="$PACKAGES" "$SUITE" "$ROOTFS.tar" "$MIRROR"
     mkdir -p "$ROOTFS" && tar -C "$ROOTFS" -xf "$ROOTFS.tar" && rm "$ROOTFS.tar"
-    touch "$ROOTFS/.promptcam-rootfs"
+    echo "$SUITE $PACKAGES" >"$ROOTFS/.promptcam-rootfs"
 fi
 cp /usr/bin/qemu-aarch64-static "$ROOTFS/usr/bin/"
 # What the runtime's CPU detection reads: a Pi 5's four Cortex-A76 (no /proc or /sys is mounted; the host's
@@ -71,7 +74,7 @@ done >"$ROOTFS/proc/cpuinfo"
 # arm: run an arm64 program inside the root file system, with a clean environment
 arm() {
     env -i PATH=$VENV/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU="$QEMU_CPU" PYTHONUNBUFFERED=1 \
-        chroot "$ROOTFS" /usr/bin/qemu-aarch64-static "$@"
+        "$CHROOT" "$ROOTFS" /usr/bin/qemu-aarch64-static "$@"
 }
 arm_promptcam() { arm $VENV/bin/python3 $VENV/bin/promptcam "$@"; }
 x86_promptcam() { "$PYTHON" -c 'import sys; from promptcam.cli import main; sys.argv[0] = "promptcam"; main()' "$@"; }
@@ -143,6 +146,7 @@ print(json.dumps({"venv_mb": size(root / venv.lstrip("/")) / mb, "site_packages_
 PY
 )
 echo "footprint: $footprint"
+if [ "${STOP_AFTER:-}" = install ]; then echo "STOP_AFTER=install: the arm64 station install is in $ROOTFS$VENV"; exit 0; fi
 
 # --- the x86 side --------------------------------------------------------------------------------------
 step "x86: demo model (cache $DEMO_CACHE), fp32 and int8 exports, held-out pixels, station inputs"
@@ -152,7 +156,7 @@ step "x86: demo model (cache $DEMO_CACHE), fp32 and int8 exports, held-out pixel
 # DIR is HOST_DIR as RUNNER sees it (inside the root file system for arm64)
 station() {
     local host_dir=$1 dir=$2 runner=("${@:3}")
-    rm -rf "$host_dir/station" && mkdir -p "$host_dir/station" && cp -r "$WORK/station/inbox" "$host_dir/station/inbox"
+    rm -rf "$host_dir/station" && mkdir -p "$host_dir/station" && cp -rp "$WORK/station/inbox" "$host_dir/station/inbox"
     local w=${dir%/*}
     "${runner[@]}" watch "$dir/station/inbox" --model "$w/models/int8" --once --settle 0 --incomplete-wait 0 \
         --no-events --db "$dir/station/results.sqlite" --jsonl "$dir/station/watch_rows.jsonl" --traits 2 \

@@ -46,6 +46,7 @@ STATION_FLOAT_TOLERANCE = 1e-4
 MACHINE_FIELDS = frozenset({"engine", "engine_description", "hostname", "host", "machine", "platform", "created",
                             "started", "finished", "completed", "processed_at", "classified_at", "time", "seconds",
                             "elapsed", "elapsed_s", "images_per_second", "wall_s", "date", "timestamp", "versions",
+                            "classification_completion_time",
                             "python", "onnxruntime", "numpy", "opencv", "pid", "mtime", "ctime", "inode",
                             "taken_at_source", "moved_at", "run_id"})
 
@@ -250,7 +251,7 @@ def normalize(value: Any, roots: list[str]) -> Any:  # noqa: ANN401 - JSON of an
 
 def differences(a: Any, b: Any, where: str = "") -> tuple[list[str], float, int]:  # noqa: ANN401
     """Where two normalised documents differ (floats within STATION_FLOAT_TOLERANCE agree), the largest float
-    difference and how many floats were compared."""
+    difference and how many floats were not exactly equal."""
     if isinstance(a, bool) or isinstance(b, bool) or not (isinstance(a, int | float) and isinstance(b, int | float)):
         if type(a) is not type(b):
             return [f"{where}: {type(a).__name__} against {type(b).__name__}"], 0.0, 0
@@ -272,7 +273,7 @@ def differences(a: Any, b: Any, where: str = "") -> tuple[list[str], float, int]
         return found, worst, count
     if isinstance(a, float) or isinstance(b, float):
         gap = abs(float(a) - float(b))
-        return ([f"{where}: {a} against {b}"] if gap > STATION_FLOAT_TOLERANCE else []), gap, 1
+        return ([f"{where}: {a} against {b}"] if gap > STATION_FLOAT_TOLERANCE else []), gap, 1 if gap else 0
     return ([f"{where}: {a!r} against {b!r}"] if a != b else []), 0.0, 0
 
 
@@ -290,7 +291,7 @@ def station_parity(work: Path, roots: dict[str, str]) -> dict[str, Any]:
                 s for s in SIDES if docs[s] is None)]}
             continue
         found, worst, floats = differences(docs["x86_64"], docs["aarch64"])
-        result[name] = {"identical": not found, "problems": found[:20], "floats_compared": floats,
+        result[name] = {"identical": not found, "problems": found[:20], "floats_not_bit_equal": floats,
                         "max_float_diff": worst, **_counts(name, docs["aarch64"])}
     result["passed"] = all(result[n]["identical"] for n in ("watch_rows", "watch_megadetector", "run_detections"))
     return result
@@ -332,41 +333,51 @@ SOURCE = ("Arm Neoverse N1 Software Optimization Guide (Cortex-A76's server sibl
           "FMLA and SDOT on either), as encoded in LLVM's llvm/lib/Target/AArch64/AArch64SchedNeoverseN1.td")
 
 
-def graph_macs(model_dir: Path) -> dict[str, Any]:
-    """Multiply-accumulates per image of an exported graph, from its MatMul and Conv shapes at batch 1.
+def graph_macs(model_dir: Path, int8_report: Path | None = None) -> dict[str, Any]:
+    """Multiply-accumulates per image of an exported float32 graph: every MatMul, Gemm and Conv at batch 1.
 
-    ``int8_macs`` are the MACs of the MatMuls the int8 export quantised (``int8_report.json``).
+    Shapes are read from one ONNX Runtime run (the graph's reshapes are computed, so static shape
+    inference leaves them open). ``int8_macs`` are the MACs of the MatMuls an int8 export of the same
+    checkpoint quantised (``int8_matmuls`` of its ``int8_report.json``); the rest stay float32.
     """
     import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
 
-    from promptcam.export.inputs import fix_batch
+    from promptcam.core.iospec import PIXELS
+    from promptcam.core.manifest import read_manifest
 
     model = onnx.load(str(model_dir / "model.onnx"))
-    fix_batch(model, 1)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
-    for init in inferred.graph.initializer:
-        shapes[init.name] = list(init.dims)
-    per_node, unknown = {}, []
-    for node in inferred.graph.node:
-        if node.op_type not in ("MatMul", "Gemm", "Conv"):
-            continue
-        out = shapes.get(node.output[0])
-        a = shapes.get(node.input[0])
-        b = shapes.get(node.input[1])
-        if not out or not a or not b or 0 in out or 0 in a or 0 in b:
-            unknown.append(node.name)
-            continue
-        if node.op_type == "Conv":  # out [1, C_out, H, W] x (C_in * kh * kw)
+    graph = model.graph
+    weights = {init.name: list(numpy_helper.to_array(init).shape) for init in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    existing = {o.name for o in graph.output}
+    probes = list(dict.fromkeys(t for n in nodes for t in (n.input[0], n.input[1], n.output[0])
+                                if t not in weights and t not in existing))
+    for name in probes:
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    size = read_manifest(model_dir).config.img_size
+    wanted = [o.name for o in session.get_outputs()]
+    shapes = {name: list(v.shape) for name, v in zip(wanted, session.run(
+        wanted, {PIXELS: np.zeros((1, size, size, 3), np.uint8)}), strict=True)}
+    shapes.update(weights)
+    per_node = {}
+    for node in nodes:
+        out, a, b = shapes[node.output[0]], shapes[node.input[0]], shapes[node.input[1]]
+        if node.op_type == "Conv":  # out [1, C_out, H, W], each output element sums C_in x kh x kw products
             per_node[node.name] = math.prod(out) * math.prod(b[1:])
+        elif node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+            per_node[node.name] = math.prod(out) * a[0]
         else:
             per_node[node.name] = math.prod(out) * a[-1]
-    report_path = model_dir / "int8_report.json"
-    quantised = set(json.loads(report_path.read_text()).get("int8_matmuls", [])) if report_path.is_file() else set()
+    quantised = set(json.loads(int8_report.read_text()).get("int8_matmuls", [])) if int8_report else set()
     int8 = sum(v for k, v in per_node.items() if k in quantised)
     return {"macs": sum(per_node.values()), "int8_macs": int8, "fp32_macs": sum(per_node.values()) - int8,
-            "matmuls": len(per_node), "int8_matmuls": len(quantised & set(per_node)), "unknown_shapes": unknown}
+            "matmuls": len(per_node), "int8_matmuls": len(quantised & set(per_node)),
+            "not_found": sorted(quantised - set(per_node))}
 
 
 def speed_estimate(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
@@ -436,7 +447,7 @@ def build_report(work: Path, facts: dict[str, Any], out: Path) -> dict[str, Any]
 
     sides = {side: json.loads((work / side / "side.json").read_text()) for side in SIDES}
     fp32_macs = graph_macs(work / "models" / "fp32")
-    int8_macs = graph_macs(work / "models" / "int8")
+    int8_macs = graph_macs(work / "models" / "fp32", work / "models" / "int8" / "int8_report.json")
     validate = facts.get("validate_int8") or {}
     int8 = int8_gates(work)
     int8["validate_int8_on_aarch64"] = validate

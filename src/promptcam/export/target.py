@@ -115,9 +115,9 @@ def validate_on_target(int8_dir: Path, reference_dir: Path, images: list[Path], 
               help="The fp32 export of the same checkpoint (promptcam export --precision fp32).")
 @click.option("--images", "image_dirs", type=click.Path(path_type=Path), multiple=True, required=True,
               help="Representative images (a folder or file; repeatable): the export's --calib folder, say.")
-@click.option("--limit", type=int, default=None, help="At most this many images (in sorted order).")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads (default: all usable cores).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images (in sorted order).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads (default: all cores).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per call.")
 @click.option("--no-record", is_flag=True, help="Measure only; leave the manifest as it is.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the result here.")
 @verbose_option

@@ -15,6 +15,8 @@
 #   PYTHON=.venv/bin/python PROMPTCAM_TEST_CACHE=/work/cache-demo bash benchmarks/arm64.sh
 #   QEMU_CPU=max THREADS=1 OUT=/tmp/arm64 bash benchmarks/arm64.sh     # other emulated CPU features
 #   STOP_AFTER=install bash benchmarks/arm64.sh                          # only the root file system and the install
+#   CKPT=run/best.pt MODEL_NOTE="..." bash benchmarks/arm64.sh           # this checkpoint of the demo's architecture
+#                                                                        # instead of the demo's trained model
 #
 # Needs root (chroot) and Debian's qemu-user-static and mmdebstrap (installed with apt-get when missing).
 # Without binfmt_misc (containers) no arm64 program can exec another, so every arm64 command is started
@@ -150,7 +152,7 @@ if [ "${STOP_AFTER:-}" = install ]; then echo "STOP_AFTER=install: the arm64 sta
 
 # --- the x86 side --------------------------------------------------------------------------------------
 step "x86: demo model (cache $DEMO_CACHE), fp32 and int8 exports, held-out pixels, station inputs"
-"$PYTHON" -m promptcam.benchmarks.arm64 prepare --demo-cache "$DEMO_CACHE" --work "$WORK"
+"$PYTHON" -m promptcam.benchmarks.arm64 prepare --demo-cache "$DEMO_CACHE" --work "$WORK" ${CKPT:+--ckpt "$CKPT"}
 
 # station HOST_DIR DIR RUNNER: watch --once on a copy of the inbox, its MegaDetector export, run --detections;
 # DIR is HOST_DIR as RUNNER sees it (inside the root file system for arm64)
@@ -211,7 +213,7 @@ facts = {
     "roots": {"x86_64": f"{work}/x86_64", "aarch64": "/work/aarch64", "x86_work": work, "aarch64_work": "/work"},
     "footprint": json.loads(footprint), "imports": json.loads(imports),
     "validate_int8": json.loads(validate.read_text()) if validate.is_file() else {"passed": False, "error": "no result"},
-    "int8_load_message_after_validation": after,
+    "int8_load_message_after_validation": after, "model_note": """${MODEL_NOTE:-}""",
     "emulation": {"qemu": qemu, "qemu_cpu": "$QEMU_CPU", "rootfs": "Debian $SUITE arm64 (mmdebstrap --variant=extract)",
                   "how": "chroot ROOTFS qemu-aarch64-static /opt/promptcam/bin/python3 ... (no binfmt_misc)",
                   "threads": $THREADS, "arm_pip_freeze": Path(pip_list).read_text().split()},

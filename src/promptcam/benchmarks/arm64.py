@@ -55,19 +55,30 @@ MACHINE_FIELDS = frozenset({"engine", "engine_description", "hostname", "host", 
 # --- prepare (x86) ---------------------------------------------------------------------------------
 
 
-def prepare(demo_cache: Path, work: Path, log=print) -> dict[str, Any]:  # noqa: ANN001
-    """The demo model, its fp32 and int8 exports, held-out pixels and the station inputs, under ``work``."""
+def prepare(demo_cache: Path, work: Path, ckpt: Path | None = None, log=print) -> dict[str, Any]:  # noqa: ANN001
+    """The demo model, its fp32 and int8 exports, held-out pixels and the station inputs, under ``work``.
+
+    With ``ckpt``, that checkpoint of the demo's architecture (another seed, or prompts trained for
+    fewer epochs) is exported instead of the demo's trained model; the world still comes from
+    ``demo_cache``.
+    """
     from promptcam.core.manifest import read_manifest
     from promptcam.runtime.predictor import Predictor
-    from promptcam.train.demo import build_demo_model
 
-    try:
-        from filelock import FileLock
-        lock = FileLock(str(demo_cache) + ".lock")
-    except ImportError:  # the dev extra brings filelock; without it one user of the cache at a time
-        lock = contextlib.nullcontext()
-    with lock:
-        built = build_demo_model(demo_cache, log=log)
+    if ckpt is None:
+        from promptcam.train.demo import build_demo_model
+
+        try:
+            from filelock import FileLock
+            lock = FileLock(str(demo_cache) + ".lock")
+        except ImportError:  # the dev extra brings filelock; without it one user of the cache at a time
+            lock = contextlib.nullcontext()
+        with lock:
+            built = build_demo_model(demo_cache, log=log)
+        built["source"] = f"the demo model (promptcam demo's recipe), cache {demo_cache}"
+    else:
+        built = {"world": demo_cache / "world", "ckpt": ckpt, "model": export_fp32(ckpt, work / "ckpt-fp32", log),
+                 "source": f"checkpoint {ckpt}"}
     models = work / "models"
     fp32 = models / "fp32"
     source = read_manifest(built["model"]).source.get("sha256")
@@ -92,8 +103,23 @@ def prepare(demo_cache: Path, work: Path, log=print) -> dict[str, Any]:  # noqa:
     (work / "heldout.json").write_text(json.dumps({"images": [str(p.relative_to(work)) for p in images],
                                                    "labels": labels}))
     station_inputs(work, images)
+    (work / "model_source.json").write_text(json.dumps({"source": built["source"], "sha256": source}))
     log(f"prepared {len(images)} held-out images, models {fp32} and {int8}")
     return {"images": len(images), "fp32": str(fp32), "int8": str(int8)}
+
+
+def export_fp32(ckpt: Path, out: Path, log=print) -> Path:  # noqa: ANN001
+    """``ckpt`` exported fp32 into ``out`` (kept while the checkpoint's sha256 is the same)."""
+    import hashlib
+
+    from promptcam.core.manifest import read_manifest
+    from promptcam.export.passes import ExportOptions, export_model
+
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    if not (out / "manifest.json").is_file() or read_manifest(out).source.get("sha256") != digest:
+        shutil.rmtree(out, ignore_errors=True)
+        export_model(ExportOptions(ckpt=ckpt, out=out), log=log)
+    return out
 
 
 def export_int8(ckpt: Path, world: Path, out: Path, calib: Path, log=print) -> None:  # noqa: ANN001
@@ -493,7 +519,8 @@ def build_report(work: Path, facts: dict[str, Any], out: Path) -> dict[str, Any]
     report: dict[str, Any] = {
         "what": "promptcam's station runtime on aarch64 (Debian bookworm arm64 under qemu-user) against x86_64",
         "sides": sides, "emulation": facts.get("emulation", {}),
-        "model": {"config": read_manifest(work / "models" / "fp32").config.to_dict(),
+        "model": {**json.loads((work / "model_source.json").read_text()), "note": facts.get("model_note", ""),
+                  "config": read_manifest(work / "models" / "fp32").config.to_dict(),
                   "int8_plan": _int8_plan(work / "models" / "int8")},
         "fp32": fp32_parity(work), "int8": int8,
         "station": station_parity(work, facts.get("roots", {})),
@@ -534,9 +561,11 @@ def main() -> None:
 @main.command("prepare")
 @click.option("--demo-cache", type=click.Path(path_type=Path), required=True)
 @click.option("--work", type=click.Path(path_type=Path), required=True)
-def prepare_command(demo_cache: Path, work: Path) -> None:
+@click.option("--ckpt", type=click.Path(path_type=Path), default=None,
+              help="A checkpoint of the demo's architecture instead of the demo's trained model.")
+def prepare_command(demo_cache: Path, work: Path, ckpt: Path | None) -> None:
     """x86: the demo model, its exports, held-out pixels and the station inputs."""
-    prepare(demo_cache, work)
+    prepare(demo_cache, work, ckpt)
 
 
 @main.command("outputs")

@@ -36,13 +36,16 @@ HELDOUT = "images/heldout"
 MODELS = ("fp32", "int8")
 SIDES = ("x86_64", "aarch64")
 INBOX_IMAGES = 8
+STATION_DOCS = ("watch_rows", "watch_megadetector", "run_detections")
 FRAMES = 4
 
 # The fp32 checks of issue 30: logits within 1e-4 of scale, maps correlated >= 0.999, same top-1 everywhere
 FP32_LOGIT_FACTOR = 1e-4
 FP32_MAP_CORRELATION = 0.999
-# Station results: floats written by the station may differ in the last digits between CPUs
-STATION_FLOAT_TOLERANCE = 1e-4
+# Station results (the int8 model): every field but the floats must be identical (files, failures, classes
+# and their order, trait heads, boxes); ARM's and x86's int8 kernels round differently, so a probability may
+# differ in its 4th decimal (measured: 1.85e-4 at most, docs/arm64.md); floats must agree within this
+STATION_FLOAT_TOLERANCE = 1e-3
 # Fields that name the machine or the moment, not the result (left out of the station comparison)
 MACHINE_FIELDS = frozenset({"engine", "engine_description", "hostname", "host", "machine", "platform", "created",
                             "started", "finished", "completed", "processed_at", "classified_at", "time", "seconds",
@@ -325,19 +328,19 @@ def station_parity(work: Path, roots: dict[str, str]) -> dict[str, Any]:
     """The station's outputs (watch --once rows, its MegaDetector export, run --detections) side by side."""
     result: dict[str, Any] = {"float_tolerance": STATION_FLOAT_TOLERANCE, "ignored_fields": sorted(MACHINE_FIELDS)}
     every_root = [r for r in roots.values() if r]
-    for name, reader in (("watch_rows", _jsonl), ("watch_megadetector", _json), ("run_detections", _json)):
+    for name, reader in zip(STATION_DOCS, (_jsonl, _json, _json), strict=True):
         docs = {}
         for side in SIDES:
             path = work / side / "station" / f"{name}.json{'l' if reader is _jsonl else ''}"
             docs[side] = normalize(reader(path), sorted(every_root, key=len, reverse=True)) if path.is_file() else None
         if docs["x86_64"] is None or docs["aarch64"] is None:
-            result[name] = {"identical": False, "problems": ["missing on " + ", ".join(
+            result[name] = {"matches": False, "max_float_diff": math.nan, "problems": ["missing on " + ", ".join(
                 s for s in SIDES if docs[s] is None)]}
             continue
         found, worst, floats = differences(docs["x86_64"], docs["aarch64"])
-        result[name] = {"identical": not found, "problems": found[:20], "floats_not_bit_equal": floats,
+        result[name] = {"matches": not found, "problems": found[:20], "floats_not_bit_equal": floats,
                         "max_float_diff": worst, **_counts(name, docs["aarch64"])}
-    result["passed"] = all(result[n]["identical"] for n in ("watch_rows", "watch_megadetector", "run_detections"))
+    result["passed"] = all(result[n]["matches"] for n in STATION_DOCS)
     return result
 
 
@@ -478,7 +481,8 @@ def summary_line(report: dict[str, Any]) -> str:
         "int8_top1": f"{arm['top1_agreement']:.4f}",
         "int8_attn_mean": f"{arm['attention_mean_correlation']:.5f}",
         "int8_attn_min": f"{arm['attention_min_correlation']:.4f}",
-        "station_identical": "yes" if station["passed"] else "no",
+        "station_match": "yes" if station["passed"] else "no",
+        "station_max_float_diff": f"{max(station[n]['max_float_diff'] for n in STATION_DOCS):.2e}",
         "torch_free": "yes" if report["imports"]["passed"] else "no",
         "footprint_mb": f"{report['footprint']['venv_mb']:.1f}",
         "pi5_int8_est_img_s": f"{pi['int8_images_per_second']:.0f}",

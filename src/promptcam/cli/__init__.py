@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("promptcam.cli.watch:watch", "Field station: classify files dropped in an inbox."),
     "export-results": ("promptcam.cli.watch:export_results",
                        "Write a station database or run folder as MegaDetector JSON, CSV, JSONL, Parquet, Camtrap DP."),
+    "validate-int8": ("promptcam.export.target:main",
+                      "Re-run an int8 model's quality gates with this machine's kernels (a Pi, a Jetson)."),
     "bench": ("promptcam.benchmarks.cli:main", "Latency and agreement of every backend against eager PyTorch."),
     "review": ("promptcam.review.cli:main", "Review results with heatmaps in a local web page; correct labels."),
     "serve": ("promptcam.serving.cli:serve", "Serve a model with Triton Inference Server (HTTP, gRPC, batching)."),

@@ -1,5 +1,8 @@
 """Quality gates of an int8 export: the answer (top-1) and the explanation (attention maps) must
-match float32, or nothing is written."""
+match float32, or nothing is written.
+
+Torch-free: ``promptcam validate-int8`` applies the same gates on a station (``export/target.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
+from promptcam.core.architecture import architecture_record
 from promptcam.core.errors import ExportError, ValidationError
 
 
@@ -69,14 +75,16 @@ def check_int8_gates(numbers: dict[str, Any], gates: Int8Gates, *, reference: st
 
     Returns:
         The record stored as ``validation["int8_gates"]`` in the manifest: gates, measured values,
-        missed gates, ``passed`` and ``forced``.
+        missed gates, ``passed``, ``forced`` and ``validated_on`` (this machine's architecture when passed).
 
     Raises:
         ValidationError: A gate is missed and ``force`` is False (nothing has been written).
     """
     failed = gates.failures(numbers)
     record = {"gates": gates.as_dict(), "measured": {k: numbers.get(k) for k in GATED_KEYS},
-              "reference": reference, "passed": not failed, "failed": failed, "forced": bool(failed) and force}
+              "reference": reference, "passed": not failed, "failed": failed, "forced": bool(failed) and force,
+              # the kernels that produced these numbers: the runtime warns on any other architecture
+              "validated_on": [] if failed else [architecture_record(numbers, how=f"export, against {reference}")]}
     if failed and not force:
         raise ValidationError(
             f"int8 export misses its quality gates against {reference}; nothing was written:\n  "
@@ -85,3 +93,51 @@ def check_int8_gates(numbers: dict[str, Any], gates: Int8Gates, *, reference: st
     if failed:
         log("WARNING: --force: writing an int8 model that misses its quality gates: " + "; ".join(failed))
     return record
+
+
+# A map whose reference varies by less than this over the patches has no spatial structure: a head
+# that gives its whole row to the [cls] and prompt tokens (seen on the demo model: patch weights of
+# ~1e-10 that vary by ~1e-13). Its Pearson correlation is the correlation of float noise, anything
+# from -1 to 1, so such a map is judged by its absolute difference instead: 1.0 when the other map
+# is within FLAT_MAP_TOLERANCE of it everywhere (it is flat too, as drawn), else 0.0.
+FLAT_MAP_SPREAD = 1e-6
+FLAT_MAP_TOLERANCE = 1e-4
+
+
+def flat_maps(want: np.ndarray) -> np.ndarray:
+    """Which reference maps (rows over the last axis) are flat: standard deviation < ``FLAT_MAP_SPREAD``."""
+    return want.std(-1) < FLAT_MAP_SPREAD
+
+
+def map_correlation(got: np.ndarray, want: np.ndarray, flat: np.ndarray | None = None) -> np.ndarray:
+    """Pearson correlation of each map (row over the last axis) of ``got`` with ``want``; flat
+    reference maps (``flat``, else ``flat_maps(want)``) count 1.0 when matched within
+    ``FLAT_MAP_TOLERANCE``, else 0.0."""
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    a = got64 - got64.mean(-1, keepdims=True)
+    b = want64 - want64.mean(-1, keepdims=True)
+    denom = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    corr = np.where(denom > 0, (a * b).sum(-1) / np.maximum(denom, 1e-300), 0.0)
+    flat = flat_maps(want64) if flat is None else flat
+    matched = np.abs(got64 - want64).max(-1) <= FLAT_MAP_TOLERANCE
+    return np.where(flat, matched.astype(np.float64), corr)
+
+
+def gate_numbers(logits: np.ndarray, attention: np.ndarray, want_logits: np.ndarray,
+                 want_attention: np.ndarray) -> dict[str, Any]:
+    """The gated numbers of outputs against a float32 reference on the same images.
+
+    Args:
+        logits / attention: The graph under test, ``[N, C]`` and ``[N, C, heads, patches]``.
+        want_logits / want_attention: The float32 reference.
+
+    Returns:
+        ``top1_agreement``, ``attention_mean_correlation`` and ``attention_min_correlation`` over every
+        (image, class, head) map, ``attention_flat_maps`` and ``images``.
+    """
+    rows, want_rows = attention.reshape(-1, attention.shape[-1]), want_attention.reshape(-1, want_attention.shape[-1])
+    flat = flat_maps(want_rows.astype(np.float64))
+    corr = map_correlation(rows, want_rows, flat)
+    return {"top1_agreement": float((logits.argmax(-1) == want_logits.argmax(-1)).mean()),
+            "attention_mean_correlation": float(corr.mean()), "attention_min_correlation": float(corr.min()),
+            "attention_flat_maps": int(flat.sum()), "images": int(len(logits))}

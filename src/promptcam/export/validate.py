@@ -29,6 +29,8 @@ from promptcam.models.preprocess import normalize_pixels
 from promptcam.models.promptcam import PromptCAM
 from promptcam.runtime.backends.base import Backend
 
+from .gates import FLAT_MAP_SPREAD, FLAT_MAP_TOLERANCE, flat_maps, map_correlation  # noqa: F401
+
 AGREEMENT_WARNING = 0.99
 TRAIT_HEAD = "trait_head"  # the trait-head graph's class logits, checked against the main graph's logits
 # An fp32 graph must satisfy max|got - want| <= factor * max(1, max|want|) on each of these outputs
@@ -112,34 +114,6 @@ def eager_outputs(model: PromptCAM, pixels: np.ndarray) -> tuple[np.ndarray, np.
     """Eager logits and attention for a uint8 NHWC batch."""
     logits, attention = model.eval()(normalize_pixels(pixels, model.config), return_attention=True)
     return logits.numpy(), attention.numpy()
-
-
-# A map whose reference varies by less than this over the patches has no spatial structure: a head
-# that gives its whole row to the [cls] and prompt tokens (seen on the demo model: patch weights of
-# ~1e-10 that vary by ~1e-13). Its Pearson correlation is the correlation of float noise, anything
-# from -1 to 1, so such a map is judged by its absolute difference instead: 1.0 when the other map
-# is within FLAT_MAP_TOLERANCE of it everywhere (it is flat too, as drawn), else 0.0.
-FLAT_MAP_SPREAD = 1e-6
-FLAT_MAP_TOLERANCE = 1e-4
-
-
-def flat_maps(want: np.ndarray) -> np.ndarray:
-    """Which reference maps (rows over the last axis) are flat: standard deviation < ``FLAT_MAP_SPREAD``."""
-    return want.std(-1) < FLAT_MAP_SPREAD
-
-
-def map_correlation(got: np.ndarray, want: np.ndarray, flat: np.ndarray | None = None) -> np.ndarray:
-    """Pearson correlation of each map (row over the last axis) of ``got`` with ``want``; flat
-    reference maps (``flat``, else ``flat_maps(want)``) count 1.0 when matched within
-    ``FLAT_MAP_TOLERANCE``, else 0.0."""
-    got64, want64 = got.astype(np.float64), want.astype(np.float64)
-    a = got64 - got64.mean(-1, keepdims=True)
-    b = want64 - want64.mean(-1, keepdims=True)
-    denom = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    corr = np.where(denom > 0, (a * b).sum(-1) / np.maximum(denom, 1e-300), 0.0)
-    flat = flat_maps(want64) if flat is None else flat
-    matched = np.abs(got64 - want64).max(-1) <= FLAT_MAP_TOLERANCE
-    return np.where(flat, matched.astype(np.float64), corr)
 
 
 def compare(output: str, batch: int, got: np.ndarray, want: np.ndarray, factor: float | None = None) -> OutputCheck:

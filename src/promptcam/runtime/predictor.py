@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
+from promptcam.core.architecture import int8_architecture_warning
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ConfigError, ManifestError
 from promptcam.core.iospec import (
@@ -62,11 +64,12 @@ class Predictor:
         self.manifest: Manifest = read_manifest(self.model_dir)
         self.config: ModelConfig = self.manifest.config
         gates = self.manifest.validation.get("int8_gates") or {}
+        unvalidated = int8_architecture_warning(self.manifest.precision, self.manifest.validation, str(self.model_dir))
         if gates.get("forced"):  # promptcam-export --force wrote it below its quality gates: say so at every load
-            import sys
-
             print(f"WARNING: {self.model_dir}: int8 model exported with --force; it misses its quality gates: "
                   + "; ".join(gates.get("failed", [])), file=sys.stderr)
+        elif unvalidated:  # int8 kernels differ between architectures: gates from another one prove nothing here
+            print(unvalidated, file=sys.stderr)
         for role in self.manifest.files:  # every listed file is a plain name inside the directory, and exists
             self.manifest.file(self.model_dir, role)
         trait_head_path = self.manifest.file(self.model_dir, "trait_head")

@@ -128,17 +128,19 @@ def gallery(predictor: Predictor, world_dir: Path, out: Path, per_class: int = 1
     return out
 
 
-def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: WorldSpec = WorldSpec(),
-             log=print) -> dict:  # noqa: ANN001
-    """Run (or reuse) every stage; returns the summary dict also written to ``out/summary.json``."""
-    from promptcam.batch.run import RunOptions, run_files
+def build_demo_model(cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: WorldSpec = WorldSpec(),
+                     log=print) -> dict[str, Path]:  # noqa: ANN001
+    """The world, backbone, trained prompts and fp32 export of the demo, each cached in ``cache``.
+
+    Returns:
+        Paths: ``world``, ``backbone``, ``run`` (training folder), ``ckpt`` and ``model`` (export folder).
+    """
     from promptcam.export.passes import ExportOptions, export_model
 
     from .loop import TrainOptions, train_promptcam
     from .pretrain import pretrain_backbone
 
     cache.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     world, backbone, run_dir, model_dir = cache / "world", cache / "backbone.pt", cache / "run", cache / "model"
     _stage(cache, "world", asdict(spec), [world / "world.json"], lambda: generate_world(world, spec), log)
     pre = {"spec": asdict(spec), "arch": recipe.arch, "epochs": recipe.pretrain_epochs, "lr": recipe.pretrain_lr,
@@ -160,6 +162,17 @@ def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: Wo
     _stage(cache, "train", {**pre, **asdict(recipe)}, [run_dir / "best.pt"], train, log)
     _stage(cache, "export", {**pre, **asdict(recipe), "export": 1}, [model_dir / "manifest.json"],
            lambda: export_model(ExportOptions(ckpt=run_dir / "best.pt", out=model_dir), log=log), log)
+    return {"world": world, "backbone": backbone, "run": run_dir, "ckpt": run_dir / "best.pt", "model": model_dir}
+
+
+def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: WorldSpec = WorldSpec(),
+             log=print) -> dict:  # noqa: ANN001
+    """Run (or reuse) every stage; returns the summary dict also written to ``out/summary.json``."""
+    from promptcam.batch.run import RunOptions, run_files
+
+    out.mkdir(parents=True, exist_ok=True)
+    built = build_demo_model(cache, recipe, spec, log)
+    world, run_dir, model_dir = built["world"], built["run"], built["model"]
 
     predictor = Predictor(model_dir, "ort-cpu", batch_size=32)
     summary_run = run_files(predictor, RunOptions(

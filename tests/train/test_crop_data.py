@@ -206,3 +206,36 @@ def test_hostile_detector_entries_are_skipped_and_counted(tmp_path):
         md.write_text(text)
         with pytest.raises(PromptCamError):
             crop_samples(photos, tmp_path, DetectionOptions(md))
+
+
+def test_train_cli_trains_on_scene_crops(tmp_path):
+    """``promptcam train --detections`` end to end (its click command in this process: a subprocess would
+    import torch again; a random micro backbone, one epoch): it reads the scenes' md.json, says what it
+    left out, and writes its checkpoints."""
+    from click.testing import CliRunner
+
+    from promptcam.train.cli import train
+    from promptcam.train.scenes import MD_NAME, SceneSpec, generate_scenes
+    from promptcam.train.synthetic import WorldSpec
+
+    spec = SceneSpec(world=WorldSpec(head_colours=2, tail_colours=1), train_per_class=6, val_per_class=2,
+                     empty_rate=0.4, seed=1)
+    scenes = generate_scenes(tmp_path / "scenes", spec)
+    md = json.loads((scenes / MD_NAME).read_text())
+    md["images"].append({"file": "train/x.jpg", "detections": [{"category": "1", "conf": 2.0, "bbox": [0, 0, 1, 1]}]})
+    (scenes / MD_NAME).write_text(json.dumps(md))
+    photos = [p for p in (scenes / "train").rglob("*.jpg")] + [p for p in (scenes / "val").rglob("*.jpg")]
+    empty = sum(1 for e in md["images"] if e["file"] != "train/x.jpg"
+                and not any(d["category"] == "1" and d["conf"] >= 0.2 for d in e["detections"]))
+    assert len(photos) == 16 and 0 < empty < 16
+    args = ["--data", scenes, "--detections", scenes / MD_NAME, "--backbone", "vit_micro_patch8"]
+    result = CliRunner().invoke(train, list(map(str, [
+        *args, "--out", tmp_path / "run", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8",
+        "--workers", "0", "--no-progress", "--crop-margin", "0,0.3", "--crop-shift", "0.1"])))
+    assert result.exit_code == 0, result.output
+    assert f"from {16 - empty} of 16 photo(s); left out: 1 malformed detector entr(ies)" in result.output
+    assert f"{empty} without a qualifying box" in result.output
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    bad = CliRunner().invoke(train, list(map(str, [*args, "--out", tmp_path / "bad", "--crop-margin", "0.3,0.1"])))
+    assert bad.exit_code != 0 and "crop margin jitter" in bad.output and "Traceback" not in bad.output

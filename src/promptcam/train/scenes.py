@@ -151,3 +151,19 @@ def score_margins(predictor: Predictor, scenes_dir: str | Path, margins: tuple[f
                                     .argmax(axis=1) for i in range(0, len(stacked), predictor.batch_size)])
         counts[margin] = (int((predicted == np.asarray(labels)).sum()), len(labels))
     return MarginScore(counts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m promptcam.train.scenes OUT [--seed N]``: write the scenes and their md.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m promptcam.train.scenes", description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = generate_scenes(args.out, SceneSpec(seed=args.seed))
+    print(f"wrote {out / 'train'}, {out / 'val'} and {out / MD_NAME}")
+
+
+if __name__ == "__main__":
+    main()

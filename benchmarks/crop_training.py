@@ -18,26 +18,18 @@ import json
 import time
 from pathlib import Path
 
-from promptcam.batch.options import DetectionOptions
 from promptcam.export.passes import ExportOptions, export_model
 from promptcam.runtime.predictor import Predictor
-from promptcam.train.crop_data import CropJitter
-from promptcam.train.demo import DemoRecipe, run_demo
-from promptcam.train.loop import TrainOptions, train_promptcam
-from promptcam.train.scenes import MD_NAME, SCORE_MARGINS, SceneSpec, generate_scenes, score_margins
-
-# the crop recipe: the demo's prompt recipe (docs/demo.md) with fewer epochs on ~1,500 crops
-CROP_RECIPE = {"epochs": 10, "warmup_epochs": 2, "lr": 0.02, "weight_decay": 0.05, "batch_size": 32}
-
-
-def crop_options(scenes: Path, out: Path, backbone: Path, seed: int, jitter: CropJitter = CropJitter(),
-                 **overrides: object) -> TrainOptions:
-    """``promptcam train --data SCENES --detections SCENES/md.json --backbone vit_micro_patch8_h8 --weights
-    BACKBONE`` with the crop recipe."""
-    recipe = {**CROP_RECIPE, **overrides}
-    return TrainOptions(data=scenes, out=out, backbone=DemoRecipe().arch, weights=backbone, drop_path=0.0,
-                        prompt_dropout=0.0, seed=seed, workers=0, progress=False,
-                        detections=DetectionOptions(scenes / MD_NAME), crop_jitter=jitter, **recipe)
+from promptcam.train.demo import run_demo
+from promptcam.train.loop import train_promptcam
+from promptcam.train.scenes import (
+    CROP_RECIPE,
+    SCORE_MARGINS,
+    SceneSpec,
+    crop_training_options,
+    generate_scenes,
+    score_margins,
+)
 
 
 def main() -> None:
@@ -59,7 +51,7 @@ def main() -> None:
         scenes = generate_scenes(args.out / f"scenes-{seed}", SceneSpec(seed=seed))
         run, model = args.out / f"run-{seed}", args.out / f"model-{seed}"
         started = time.perf_counter()
-        result = train_promptcam(crop_options(scenes, run, backbone, seed), log=print)
+        result = train_promptcam(crop_training_options(scenes, run, backbone, seed), log=print)
         seconds = time.perf_counter() - started
         export_model(ExportOptions(ckpt=result.best_path, out=model), log=lambda _: None)
         with Predictor(model, "ort-cpu", batch_size=32, threads=args.threads) as crops_model, \

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from promptcam.batch.options import DetectionOptions
 from promptcam.core.iospec import LOGITS
 from promptcam.results.megadetector import MEGADETECTOR_CATEGORIES
 from promptcam.runtime.crops import CropContext
@@ -25,6 +26,8 @@ from promptcam.runtime.images import read_file_bytes
 from promptcam.runtime.model_input import model_input
 from promptcam.runtime.predictor import Predictor
 
+from .demo import DemoRecipe
+from .loop import TrainOptions
 from .synthetic import WorldSpec, render_creature
 
 MD_NAME = "md.json"
@@ -112,6 +115,19 @@ def generate_scenes(out_dir: str | Path, spec: SceneSpec = SceneSpec()) -> Path:
         "detection_categories": MEGADETECTOR_CATEGORIES, "images": images}))
     (out / SCENES_NAME).write_text(json.dumps(meta, indent=1))  # written last: marks the scenes complete
     return out
+
+
+# prompts on the demo's frozen backbone, from its crops: the demo's prompt recipe (docs/demo.md), 10 epochs
+CROP_RECIPE = {"epochs": 10, "warmup_epochs": 2, "lr": 0.02, "weight_decay": 0.05, "batch_size": 32,
+               "drop_path": 0.0, "prompt_dropout": 0.0}
+
+
+def crop_training_options(scenes_dir: Path, out: Path, backbone: Path, seed: int, **overrides: object) -> TrainOptions:
+    """``promptcam train --data SCENES --detections SCENES/md.json --backbone vit_micro_patch8_h8 --weights
+    BACKBONE`` with ``CROP_RECIPE`` (``overrides`` replace its entries or set other ``TrainOptions``)."""
+    return TrainOptions(**{"data": scenes_dir, "out": out, "backbone": DemoRecipe().arch, "weights": backbone,
+                           "seed": seed, "workers": 0, "progress": False,
+                           "detections": DetectionOptions(Path(scenes_dir) / MD_NAME), **CROP_RECIPE, **overrides})
 
 
 @dataclass

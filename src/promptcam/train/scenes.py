@@ -20,6 +20,7 @@ import numpy as np
 
 from promptcam.batch.options import DetectionOptions
 from promptcam.core.iospec import LOGITS
+from promptcam.models.checkpoint import clean_class_name
 from promptcam.results.megadetector import MEGADETECTOR_CATEGORIES
 from promptcam.runtime.crops import CropContext
 from promptcam.runtime.images import read_file_bytes
@@ -147,7 +148,8 @@ class MarginScore:
 def score_margins(predictor: Predictor, scenes_dir: str | Path, margins: tuple[float, ...] = SCORE_MARGINS,
                   split: str = "val") -> MarginScore:
     """Accuracy of an exported model on the held-out scenes' animal crops, cut by the run's crop path with
-    each margin of foreign background (``0.1`` is exactly the crop ``promptcam run --detections`` cuts)."""
+    each margin of foreign background (``0.1`` is exactly the crop ``promptcam run --detections`` cuts).
+    Labels are matched by class name, so a model of more classes than the scenes' is scored too."""
     root = Path(scenes_dir)
     entries = [e for e in json.loads((root / MD_NAME).read_text())["images"] if e["file"].startswith(f"{split}/")]
     config = predictor.config
@@ -161,7 +163,7 @@ def score_margins(predictor: Predictor, scenes_dir: str | Path, margins: tuple[f
             photo = model_input(read_file_bytes(root / entry["file"]), entry["file"], config, boxes=boxes,
                                 context=[CropContext(margin)] * len(boxes))
             pixels.append(photo.pixels)
-            labels += [int(Path(entry["file"]).parent.name.split(".")[0])] * len(boxes)
+            labels += [predictor.class_names.index(clean_class_name(Path(entry["file"]).parent.name))] * len(boxes)
         stacked = np.concatenate(pixels)
         predicted = np.concatenate([predictor.backend.infer(stacked[i:i + predictor.batch_size], (LOGITS,))[LOGITS]
                                     .argmax(axis=1) for i in range(0, len(stacked), predictor.batch_size)])

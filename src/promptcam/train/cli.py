@@ -50,7 +50,7 @@ from promptcam.runtime.backends import ENGINES
               help="Train on detections at or above this confidence.")
 @click.option("--det-categories", default=",".join(DEFAULT_CATEGORIES), show_default=True,
               help="Detection categories to train on, names or ids (comma-separated).")
-@click.option("--crop-margin", default="0,0.25", show_default=True,
+@click.option("--crop-margin", default="0,0.3", show_default=True,
               help="Training crops' context margin, drawn from MIN,MAX (of the box's longer side, each side; "
                    "the run uses 0.1). Validation crops are the run's.")
 @click.option("--crop-shift", type=float, default=0.05, show_default=True,

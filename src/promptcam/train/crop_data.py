@@ -47,7 +47,7 @@ class CropJitter:
     box's longer side on each axis (uniform). ``NO_JITTER`` cuts the run's crop."""
 
     margin_min: float = 0.0
-    margin_max: float = 0.25
+    margin_max: float = 0.3
     shift: float = 0.05
 
     def __post_init__(self) -> None:

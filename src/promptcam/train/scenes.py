@@ -118,8 +118,8 @@ def generate_scenes(out_dir: str | Path, spec: SceneSpec = SceneSpec()) -> Path:
     return out
 
 
-# prompts on the demo's frozen backbone, from its crops: the demo's prompt recipe (docs/demo.md), 10 epochs
-CROP_RECIPE = {"epochs": 10, "warmup_epochs": 2, "lr": 0.02, "weight_decay": 0.05, "batch_size": 32,
+# prompts on the demo's frozen backbone, from its crops: the demo's prompt recipe (docs/demo.md), 16 epochs
+CROP_RECIPE = {"epochs": 16, "warmup_epochs": 2, "lr": 0.02, "weight_decay": 0.05, "batch_size": 32,
                "drop_path": 0.0, "prompt_dropout": 0.0}
 
 

@@ -32,17 +32,28 @@ from promptcam.batch.inputs import InputFile, canonical_path
 from promptcam.core.atomic import file_sha256
 from promptcam.core.errors import PromptCamError
 from promptcam.core.untrusted import loads_untrusted
-from promptcam.results.megadetector import DetectorFile, check_batch, normalise_name
+from promptcam.results.megadetector import (
+    DetectorFile,
+    check_batch,
+    check_batch_header,
+    normalise_name,
+    sound_entries,
+)
 
 MAX_DETECTOR_BYTES = 2 * 1024**3  # a batch file of millions of images is ~1 GB
 
 
-def load_detector_file(path: Path) -> DetectorFile:
+def load_detector_file(path: Path, *, skip_bad_entries: bool = False) -> DetectorFile:
     """Read and check a MegaDetector batch-results file (format 1.x).
 
+    Args:
+        path: The file.
+        skip_bad_entries: Leave out malformed entries (each named in ``DetectorFile.skipped``) instead
+            of refusing the file (training does; a run refuses).
+
     Raises:
-        PromptCamError: unreadable, not JSON, another format version, or an entry or detection
-            that is malformed (named by its index and file).
+        PromptCamError: unreadable, not JSON, another format version, or (unless ``skip_bad_entries``)
+            an entry or detection that is malformed (named by its index and file).
     """
     path = Path(path)
     try:
@@ -55,6 +66,10 @@ def load_detector_file(path: Path) -> DetectorFile:
         raise PromptCamError(f"{path}: cannot read detector file ({exc.strerror or exc})") from exc
     except (UnicodeDecodeError, ValueError) as exc:  # UntrustedJSONError: malformed, too deep or too large
         raise PromptCamError(f"{path}: not a JSON detector file ({exc})") from exc
+    if skip_bad_entries:
+        categories, info = check_batch_header(path, data)
+        entries, skipped = sound_entries(path, data["images"], categories)
+        return DetectorFile(path, file_sha256(path), categories, info, entries, tuple(skipped))
     categories, info = check_batch(path, data)
     return DetectorFile(path, file_sha256(path), categories, info, data["images"])
 

@@ -37,6 +37,7 @@ class DetectorFile:
         detection_categories: Category id -> name, as in the file.
         info: The file's ``info`` block.
         entries: The file's ``images`` list (dicts with ``file`` and ``detections``).
+        skipped: Why each malformed entry was left out (read with ``skip_bad_entries``; else empty).
     """
 
     path: Path
@@ -44,6 +45,7 @@ class DetectorFile:
     detection_categories: dict[str, str]
     info: dict[str, Any]
     entries: list[dict[str, Any]]
+    skipped: tuple[str, ...] = ()
 
 
 def check_batch(path: Path, data: Any) -> tuple[dict[str, str], dict[str, Any]]:
@@ -55,6 +57,18 @@ def check_batch(path: Path, data: Any) -> tuple[dict[str, str], dict[str, Any]]:
     Raises:
         PromptCamError: not a batch file, another format version, or a malformed entry or detection.
     """
+    categories, info = check_batch_header(path, data)
+    for index, entry in enumerate(data["images"]):
+        check_entry(path, index, entry, categories)
+    return categories, info
+
+
+def check_batch_header(path: Path, data: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """The file-level checks of ``check_batch`` (an ``images`` list, format 1.x, the categories), not its entries.
+
+    Raises:
+        PromptCamError: not a batch file, another format version, or malformed ``detection_categories``.
+    """
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise PromptCamError(f"{path}: not a MegaDetector batch file (no 'images' list)")
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
@@ -65,9 +79,24 @@ def check_batch(path: Path, data: Any) -> tuple[dict[str, str], dict[str, Any]]:
     if not isinstance(categories, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in categories.items()):
         raise PromptCamError(f"{path}: 'detection_categories' must map category ids to names")
-    for index, entry in enumerate(data["images"]):
-        check_entry(path, index, entry, categories)
     return dict(categories), info
+
+
+def sound_entries(path: Path, entries: Sequence[Any], categories: dict[str, str]) -> tuple[list[dict], list[str]]:
+    """The entries that pass ``check_entry``, and one reason per entry that does not (skipped, not fatal).
+
+    Training (``promptcam train --detections``) reads a detector file so: one bad entry costs that photo,
+    not the run. ``promptcam run --detections`` refuses the whole file instead (``check_batch``).
+    """
+    sound, skipped = [], []
+    for index, entry in enumerate(entries):
+        try:
+            check_entry(path, index, entry, categories)
+        except PromptCamError as exc:
+            skipped.append(str(exc))
+            continue
+        sound.append(entry)
+    return sound, skipped
 
 
 def check_entry(path: Path, index: int, entry: Any, categories: dict[str, str]) -> None:

@@ -13,6 +13,10 @@ Crop rule (the MegaDetector-family square crop, as ``megadetector.classification
 4. The square is resized to the model's input like a whole image (``resize_for_model``: area
    averaging when shrinking, the model's interpolation when enlarging).
 
+Training (``promptcam train --detections``) cuts its crops with this same rule; its augmentation only
+moves the margin of step 2 and the square's centre (``CropContext``), so at zero jitter a training crop
+is the run's crop, byte for byte.
+
 Crops are cut from one decode of the photo (``decode_image`` at the JPEG reduction that
 ``crop_reduction`` allows), so a photo with ten animals is decoded once.
 
@@ -70,12 +74,31 @@ def box_failure(bbox: Sequence[float], width: int | None = None, height: int | N
     return None
 
 
-def crop_square(bbox: Sequence[float], width: int, height: int) -> CropSquare:
+@dataclass(frozen=True)
+class CropContext:
+    """How much context a crop square takes around its box: the run's rule by default.
+
+    Attributes:
+        margin: Of the box's longer side, on each side (the run uses ``CROP_MARGIN``).
+        shift_x, shift_y: The square's centre moved off the box's centre, in units of the box's
+            longer side (training jitter; the run uses 0).
+    """
+
+    margin: float = CROP_MARGIN
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+
+
+RUN_CONTEXT = CropContext()
+
+
+def crop_square(bbox: Sequence[float], width: int, height: int, context: CropContext = RUN_CONTEXT) -> CropSquare:
     """The crop square of a normalised box in a ``width`` x ``height`` photo (rule in the module docstring)."""
     x, y, w, h = clip_box(bbox)
-    bw, bh = w * width, h * height
-    side = max(bw, bh, 1.0) * (1 + 2 * CROP_MARGIN)
-    cx, cy = (x + w / 2) * width, (y + h / 2) * height
+    longer = max(w * width, h * height, 1.0)
+    side = longer * (1 + 2 * context.margin)
+    cx = (x + w / 2) * width + context.shift_x * longer
+    cy = (y + h / 2) * height + context.shift_y * longer
     return CropSquare(cx - side / 2, cy - side / 2, side)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from promptcam.core.config import ModelConfig
 from promptcam.core.errors import ImageError
 
-from .crops import CROP_MARGIN, CropSquare, clip_box, crop_reduction, crop_square, cut_square
+from .crops import CROP_MARGIN, RUN_CONTEXT, CropContext, CropSquare, clip_box, crop_reduction, crop_square, cut_square
 from .images import DECODE_BUDGET, check_dimensions, decode_image, full_size_of, is_jpeg, reduced_size, resize_for_model
 
 # heatmaps are drawn on a JPEG decoded at a reduction that keeps its long side at least this (or the full
@@ -52,7 +52,8 @@ class ModelInput:
 
 def model_input(data: bytes | np.ndarray, name: str, config: ModelConfig, *,
                 boxes: Sequence[Sequence[float]] | None = None, keep_preview: bool = False, reduce: bool = True,
-                out: np.ndarray | None = None) -> ModelInput:
+                out: np.ndarray | None = None, context: Sequence[CropContext] | None = None,
+                reduction_boxes: Sequence[Sequence[float]] | None = None) -> ModelInput:
     """Decode an image file's bytes once into what the model and the heatmaps need (steps in the module docstring).
 
     Args:
@@ -64,6 +65,10 @@ def model_input(data: bytes | np.ndarray, name: str, config: ModelConfig, *,
         keep_preview: Also keep the heatmap preview.
         reduce: Allow a reduced JPEG decode.
         out: A [S, S, 3] uint8 slot of a batch buffer the whole image is resized into.
+        context: With ``boxes``, each crop's margin and centre shift (training jitter); default the run's rule.
+        reduction_boxes: The boxes whose smallest crop sets the JPEG reduction (default ``boxes``): training
+            cuts one crop of a photo at the reduction the run uses for all of the photo's crops, so that a
+            zero-jitter training crop is the run's crop byte for byte.
 
     Raises:
         ImageError: a damaged or refused header, or a file that does not decode (any decoder fault on
@@ -73,13 +78,16 @@ def model_input(data: bytes | np.ndarray, name: str, config: ModelConfig, *,
     if boxes is not None and not boxes:
         size = config.img_size
         return ModelInput(np.empty((0, size, size, 3), np.uint8), (height, width), squares=[])
+    contexts = list(context) if context is not None else [RUN_CONTEXT] * len(boxes or ())
+    if boxes is not None and len(contexts) != len(boxes):
+        raise ValueError(f"{len(contexts)} crop contexts for {len(boxes)} boxes")
     reduction = 1
     if reduce and is_jpeg(data):
         if boxes is None:
             reduction = frame_reduction(width, height, config.img_size,
                                         min_long_side=HEATMAP_PREVIEW_SIDE if keep_preview else 0)
         else:
-            reduction = _crop_reduction(width, height, boxes, config.img_size, keep_preview)
+            reduction = _crop_reduction(width, height, reduction_boxes or boxes, config.img_size, keep_preview)
     rw, rh = reduced_size(width, height, reduction)
     try:
         with DECODE_BUDGET.hold(rw * rh):
@@ -89,7 +97,7 @@ def model_input(data: bytes | np.ndarray, name: str, config: ModelConfig, *,
             if boxes is None:
                 return ModelInput(resize_for_model(rgb, config, out), full, preview)
             scale = rgb.shape[1] / full[1]
-            squares = [crop_square(b, full[1], full[0]) for b in boxes]
+            squares = [crop_square(b, full[1], full[0], c) for b, c in zip(boxes, contexts, strict=True)]
             crops = np.empty((len(boxes), config.img_size, config.img_size, 3), np.uint8)
             for i, square in enumerate(squares):
                 resize_for_model(cut_square(rgb, square, scale), config, crops[i])

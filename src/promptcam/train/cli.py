@@ -9,6 +9,7 @@ import click
 
 from promptcam.core.cli import run_cli, verbose_option
 from promptcam.models.registry import list_backbones
+from promptcam.results.megadetector import DEFAULT_CATEGORIES, DEFAULT_THRESHOLD
 from promptcam.runtime.backends import ENGINES
 
 
@@ -40,25 +41,50 @@ from promptcam.runtime.backends import ENGINES
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
 @click.option("--no-progress", is_flag=True)
+@click.option("--detections", type=click.Path(path_type=Path), default=None,
+              help="Train on the crops of this MegaDetector batch-results file's boxes (format 1.x), each labelled "
+                   "with its photo's class folder, cut as `promptcam run --detections` cuts them.")
+@click.option("--detections-root", type=click.Path(path_type=Path), default=None,
+              help="The folder the detector file's relative paths start from (default: --data).")
+@click.option("--det-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Train on detections at or above this confidence.")
+@click.option("--det-categories", default=",".join(DEFAULT_CATEGORIES), show_default=True,
+              help="Detection categories to train on, names or ids (comma-separated).")
+@click.option("--crop-margin", default="0,0.3", show_default=True,
+              help="Training crops' context margin, drawn from MIN,MAX (of the box's longer side, each side; "
+                   "the run uses 0.1). Validation crops are the run's.")
+@click.option("--crop-shift", type=float, default=0.05, show_default=True,
+              help="Training crops' centre shifted by up to this (of the box's longer side, each axis).")
 @verbose_option
 def train(data: Path, out: Path, backbone: str, weights: Path | None, act: str | None, pretrained: bool,
           img_size: int | None, epochs: int, warmup_epochs: int, lr: float, min_lr: float, momentum: float,
           weight_decay: float, batch_size: int, drop_path: float, prompt_dropout: float, val_split: float | None,
-          seed: int, workers: int, resume: bool, amp: bool | None, no_progress: bool, verbose: bool) -> None:
+          seed: int, workers: int, resume: bool, amp: bool | None, no_progress: bool, detections: Path | None,
+          detections_root: Path | None, det_threshold: float, det_categories: str, crop_margin: str,
+          crop_shift: float, verbose: bool) -> None:
     """Train Prompt-CAM prompts + head on a frozen backbone (published recipe by default).
 
+    With --detections, on the crops of a detector's boxes (docs/train-on-crops.md).
     Multi-GPU / multi-process: torchrun --nproc_per_node N $(which promptcam-train) ...
     """
 
     def body() -> None:
+        from promptcam.batch.options import DetectionOptions
+
+        from .crop_data import CropJitter, margin_range
         from .loop import TrainOptions, train_promptcam
+
+        crops = DetectionOptions(detections, det_threshold, tuple(c.strip() for c in det_categories.split(",")
+                                                                  if c.strip()), detections_root) \
+            if detections is not None else None
+        jitter = CropJitter(*margin_range(crop_margin), crop_shift)
 
         options = TrainOptions(
             data=data, out=out, backbone=backbone, weights=weights, pretrained=pretrained, img_size=img_size,
             epochs=epochs, warmup_epochs=warmup_epochs, lr=lr, min_lr=min_lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, drop_path=drop_path, prompt_dropout=prompt_dropout,
             val_split=val_split, seed=seed, workers=workers, resume=resume, amp=amp, progress=not no_progress,
-            config_overrides={"act": act} if act else {})
+            config_overrides={"act": act} if act else {}, detections=crops, crop_jitter=jitter)
         result = train_promptcam(options, log=click.echo)
         if result.best_epoch > 0:
             click.echo(f"best val accuracy {result.best_accuracy:.2%} at epoch {result.best_epoch}: {result.best_path}")

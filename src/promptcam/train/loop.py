@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from promptcam.batch.options import DetectionOptions
 from promptcam.core.errors import CheckpointError, ConfigError
 from promptcam.models.checkpoint import save_checkpoint
 from promptcam.models.factory import create_model
 from promptcam.models.promptcam import PromptCAM
 
+from .crop_data import CropJitter, DetectionCropData, crop_samples
 from .data import ImageFolderData, find_classes, list_samples, split_samples
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import evaluate
@@ -54,6 +56,8 @@ class TrainOptions:
     amp: bool | None = None  # None: on when CUDA is available
     progress: bool = True
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    detections: DetectionOptions | None = None  # train on the crops of a detector file's boxes (crop_data)
+    crop_jitter: CropJitter = field(default_factory=CropJitter)
 
 
 @dataclass
@@ -75,7 +79,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
 
 
-def build_datasets(options: TrainOptions, model_config_factory) -> tuple[ImageFolderData, ImageFolderData, list[str]]:  # noqa: ANN001
+def build_datasets(options: TrainOptions, model_config_factory, log=print) -> tuple[Dataset, Dataset, list[str]]:  # noqa: ANN001
     data = Path(options.data)
     train_dir = data / "train" if (data / "train").is_dir() else data
     classes = find_classes(train_dir)
@@ -88,7 +92,25 @@ def build_datasets(options: TrainOptions, model_config_factory) -> tuple[ImageFo
     else:
         raise ConfigError(f"{data}: no val/ folder; pass --val-split FRACTION")
     config = model_config_factory(names)
+    if options.detections is not None:
+        return (*_crop_datasets(options, data, train_samples, val_samples, config, log), names)
     return ImageFolderData(train_samples, config, train=True), ImageFolderData(val_samples, config, train=False), names
+
+
+def _crop_datasets(options: TrainOptions, data: Path, train_samples: list[tuple[Path, int]],
+                   val_samples: list[tuple[Path, int]], config, log) -> tuple[Dataset, Dataset]:  # noqa: ANN001
+    """Train on jittered crops, validate on the run's own crops (``crop_data``); photos split before crops."""
+    samples, counts = crop_samples(train_samples + val_samples, data, options.detections)
+    log(f"{options.detections.path}: {counts.summary()}")
+    for line in counts.details():
+        log(line)
+    val_paths = {Path(p) for p, _ in val_samples}
+    train_crops = [s for s in samples if s.path not in val_paths]
+    val_crops = [s for s in samples if s.path in val_paths]
+    if not val_crops:
+        raise ConfigError(f"{options.detections.path}: no validation photo has a qualifying detection")
+    return (DetectionCropData(train_crops, config, jitter=options.crop_jitter, flip=True),
+            DetectionCropData(val_crops, config))
 
 
 def train_promptcam(options: TrainOptions, log=print) -> TrainResult:  # noqa: ANN001
@@ -113,7 +135,7 @@ def _train(options: TrainOptions, dist_info: DistInfo, log) -> TrainResult:  # n
             **options.config_overrides)
         return holder["model"].config
 
-    train_set, val_set, names = build_datasets(options, make)
+    train_set, val_set, names = build_datasets(options, make, log)
     model = holder["model"]
     model.freeze_backbone()
     model.to(device)

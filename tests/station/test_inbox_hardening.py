@@ -17,8 +17,8 @@ from watch_helpers import db_rows, jpeg, sha, watch
 
 from helpers import run_cli
 from promptcam.results.store import ResultStore, name_from_db
-from promptcam.runtime.images import is_image_path
 from promptcam.runtime.records import ImageRecord, fit_name
+from promptcam.runtime.video import is_media_path
 from promptcam.station.archive import FAULT_EXIT, valid_taken_at
 from promptcam.station.readiness import TEMP_SUFFIXES
 
@@ -40,7 +40,7 @@ def inbox_entries(inbox: Path) -> tuple[set[str], set[str]]:
         for name in files:
             rel = Path(folder, name).relative_to(inbox).as_posix()
             regular = Path(folder, name).is_file() and not Path(folder, name).is_symlink()
-            wanted = regular and is_image_path(name) and not name.startswith(".") and not name.endswith(TEMP_SUFFIXES)
+            wanted = regular and is_media_path(name) and not name.startswith(".") and not name.endswith(TEMP_SUFFIXES)
             (take if wanted else skip).add(rel)
     return take, skip
 

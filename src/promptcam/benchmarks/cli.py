@@ -216,8 +216,9 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
               help="Images for the folder measurement (0: off).")
 @click.option("--real-size-frames", type=int, default=16, show_default=True,
               help="Frames of the real-size row: 12 MP JPEGs against the same frames pre-shrunk (0: off).")
-@click.option("--video-clips", type=click.IntRange(min=0), default=2, show_default=True,
-              help="The video row: N 1080p clips against the same sampled frames as JPEGs (0: off).")
+@click.option("--video-clips", type=click.IntRange(min=0), default=None,
+              help="The video row: N 1080p clips against the same sampled frames as JPEGs (default 2; 0 with --quick; "
+                   "0: off).")
 @click.option("--video-seconds", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="Length of each clip of the video row.")
 @click.option("--real-scale/--no-real-scale", default=True, show_default=True,
@@ -241,7 +242,7 @@ def _profile(built: dict[str, Any], batch: int, threads: int, out: Path) -> dict
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True)
 @verbose_option
 def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: str, warmup: int, iters: int,
-         seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, video_clips: int,
+         seconds: float | None, threads: int | None, e2e_images: int, real_size_frames: int, video_clips: int | None,
          video_seconds: float, real_scale: bool,
          real_scale_backends: str, eager_batches: str | None, peer_device: str, compile_backend: str,
          compile_mode: str | None, profile_batch: int, served_model: Path | None, work: Path | None, out: Path,
@@ -380,6 +381,8 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
                     real["backend"] = sized.name
                     click.echo(f"  real-size: 12 MP {real['large_img_per_s']:.1f} img/s, pre-shrunk "
                                f"{real['small_img_per_s']:.1f} img/s, ratio {real['ratio']}")
+                if video_clips is None:
+                    video_clips = 0 if quick else 2
                 if video_clips:
                     from promptcam.benchmarks.videorate import video_row
 

@@ -381,13 +381,12 @@ def main(ckpt: Path | None, quick: bool, backbone: str, batches: str, backends: 
                     real["backend"] = sized.name
                     click.echo(f"  real-size: 12 MP {real['large_img_per_s']:.1f} img/s, pre-shrunk "
                                f"{real['small_img_per_s']:.1f} img/s, ratio {real['ratio']}")
-                if video_clips is None:
-                    video_clips = 0 if quick else 2
-                if video_clips:
+                clips = video_clips if video_clips is not None else 0 if quick else 2
+                if clips:
                     from promptcam.benchmarks.videorate import video_row
 
                     sized = primary if primary.on_gpu else built.get("ort-cpu-int8", primary)
-                    video = result["video"] = video_row(sized.model_dir, sized.engine, clips=video_clips,
+                    video = result["video"] = video_row(sized.model_dir, sized.engine, clips=clips,
                                                         seconds=video_seconds, threads=n_threads, batch=max(sizes))
                     video["backend"] = sized.name
                     click.echo(f"  video: {video['clip_frames_per_s']:.1f} frames/s from clips, "

@@ -84,6 +84,7 @@ def trained_world(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
         if done.is_file() and built and done.stat().st_mtime >= (cache / "model" / "manifest.json").stat().st_mtime:
             summary = json.loads(done.read_text())
         else:
-            summary = run_demo(out, cache, log=lambda _: None)
+            # 16 images of the faithfulness table, not the demo's 64: its code runs, a quarter of its minutes
+            summary = run_demo(out, cache, log=lambda _: None, faithfulness_images=16)
     return {"world": cache / "world", "ckpt": cache / "run" / "best.pt", "model": cache / "model", "out": out,
             "summary": summary}

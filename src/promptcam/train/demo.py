@@ -166,8 +166,11 @@ def build_demo_model(cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: World
 
 
 def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: WorldSpec = WorldSpec(),
-             log=print) -> dict:  # noqa: ANN001
-    """Run (or reuse) every stage; returns the summary dict also written to ``out/summary.json``."""
+             log=print, faithfulness_images: int = 64) -> dict:  # noqa: ANN001
+    """Run (or reuse) every stage; returns the summary dict also written to ``out/summary.json``.
+
+    ``faithfulness_images``: held-out images of the insertion/deletion table (the test suite uses fewer).
+    """
     from promptcam.batch.run import RunOptions, run_files
 
     out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +183,7 @@ def run_demo(out: Path, cache: Path, recipe: DemoRecipe = DemoRecipe(), spec: Wo
         progress=False), log=log)
     score = score_world(predictor, world)
     gallery_path = gallery(predictor, world, out / "gallery.jpg")
-    faithfulness = demo_faithfulness(run_dir / "best.pt", model_dir, world, log)
+    faithfulness = demo_faithfulness(run_dir / "best.pt", model_dir, world, log, images=faithfulness_images)
     names = predictor.class_names
     weak = [f"{names[c]} ({rate:.0%})" for c, rate in enumerate(score.per_class_peak) if rate < TARGET_PEAK_ON_TRAIT]
     summary = {

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from promptcam.results.events import Event, camera_of, camera_pattern, capture_time, event_id, record_probabilities
-from promptcam.results.store import ResultStore
+from promptcam.results.store import ResultStore, record_from_row
 from promptcam.runtime.records import ImageRecord, round_probability
 from promptcam.runtime.verdict import combine_frames
 
@@ -59,15 +59,12 @@ class StationEvents:
     def refresh(self, event_ids: Sequence[str]) -> None:
         """Recompute the ``events`` rows of ``event_ids`` from their files' rows (after a commit, or a restart)."""
         for eid in dict.fromkeys(e for e in event_ids if e):
-            pairs = list(self.store.db.execute(
-                "SELECT id FROM results WHERE source=? AND event_id=? ORDER BY id", (self.source, eid)))
-            ids = [i for (i,) in pairs]
-            records = list(self.store.records("source=? AND event_id=?", (self.source, eid)))
-            order = sorted(range(len(records)), key=lambda k: (capture_time(records[k]) or datetime.min,
-                                                              records[k].file))
-            records, ids = [records[k] for k in order], [ids[k] for k in order]
-            times = [capture_time(r) for r in records]
-            known = [t for t in times if t is not None]
+            rows = self.store.rows("source=? AND event_id=?", (self.source, eid))
+            members = [(capture_time(record), record.file, row["id"], record)
+                       for row in rows for record in (record_from_row(row),)]
+            members.sort(key=lambda m: (m[0] or datetime.min, m[1]))  # capture order
+            known = [when for when, *_ in members if when is not None]
+            records, ids = [m[3] for m in members], [m[2] for m in members]
             camera = camera_of(records[0].file, self.pattern)
             verdict = combine_frames([record_probabilities(r, len(self.class_names)) for r in records],
                                      detector=self.detector)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from promptcam.benchmarks.arm64 import STATION_DOCS, graph_macs, parse_summary_line, speed_estimate, summary_line
+from promptcam.benchmarks.arm64 import STATION_DOCS, parse_summary_line, summary_line
+from promptcam.benchmarks.macs import graph_macs, speed_estimate
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "arm64"
 

@@ -12,9 +12,14 @@ import torch
 
 from helpers import run_cli
 from promptcam.models.checkpoint import load_model
+from promptcam.models.registry import make_config
+from promptcam.train.data import ImageFolderData, cache_images, find_classes, list_samples
 from promptcam.train.loop import TrainOptions, train_promptcam
 from promptcam.train.schedule import lr_at
 from promptcam.train.synthetic import WorldSpec, generate_world
+
+# two data workers on purpose (their random streams), on a test worker that has one core of its own
+WORKERS_ON_FEW_CORES = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
 
 def test_trained_world_meets_targets(trained_world) -> None:
@@ -61,6 +66,32 @@ def _options(world: Path, out: Path, **kw) -> TrainOptions:
     return TrainOptions(**(base | kw))
 
 
+@WORKERS_ON_FEW_CORES
+def test_images_cached_in_ram_train_the_same_model(small_world, tmp_path) -> None:
+    """Decoded once into RAM (the default for a dataset that fits; data workers reach it by fork) or decoded
+    every epoch: the same weights. A budget too small for the images leaves the cache off and says so."""
+    logs: dict[str, list[str]] = {"cached": [], "decoded": []}
+    for run, cache_mb in (("cached", 64), ("decoded", 0)):
+        train_promptcam(_options(small_world, tmp_path / run, workers=2, prompt_dropout=0.1, drop_path=0.1,
+                                 cache_mb=cache_mb), log=logs[run].append)
+    assert "80 images cached in RAM (1 MB)" in logs["cached"], logs["cached"]
+    assert not any("cached" in line for line in logs["decoded"])
+    weights = {run: torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"] for run in logs}
+    for key in ("vpt.prompt_embeddings", "head.weight", "head.bias"):
+        assert torch.equal(weights["cached"][key], weights["decoded"][key]), key
+
+    folders = [folder for folder, _ in find_classes(small_world / "train")]
+    config = make_config("vit_micro_patch8", len(folders))
+    both = [ImageFolderData(list_samples(small_world / split, folders), config, train=split == "train")
+            for split in ("train", "val")]  # 64 at 69 px and 16 at 64 px: 1.06 MB
+    said: list[str] = []
+    assert not cache_images(both, 0, 2, said.append) and said == []  # 0: off, silently
+    assert not cache_images(both, 1, 2, said.append)
+    assert said == ["images not cached in RAM: they need 1 MB, over --cache-mb 1"]
+    assert all(dataset.cached is None for dataset in both)
+
+
+@WORKERS_ON_FEW_CORES
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_exactly_where_it_stopped(small_world, tmp_path, workers: int) -> None:
     """2 epochs + resume to 3 ends with the weights and optimizer state of 3 uninterrupted epochs."""

@@ -38,6 +38,9 @@ from promptcam.runtime.backends import ENGINES
 @click.option("--val-split", type=float, default=None, help="Hold out this fraction of train/ when there is no val/.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Data-loading processes.")
+@click.option("--cache-mb", type=int, default=None,
+              help="Keep the decoded, resized images in RAM when train and val fit in this many MB (default 2048); "
+                   "epochs only crop, flip and normalise; 0: decode every epoch. The model is the same either way.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
 @click.option("--no-progress", is_flag=True)
@@ -59,7 +62,8 @@ from promptcam.runtime.backends import ENGINES
 def train(data: Path, out: Path, backbone: str, weights: Path | None, act: str | None, pretrained: bool,
           img_size: int | None, epochs: int, warmup_epochs: int, lr: float, min_lr: float, momentum: float,
           weight_decay: float, batch_size: int, drop_path: float, prompt_dropout: float, val_split: float | None,
-          seed: int, workers: int, resume: bool, amp: bool | None, no_progress: bool, detections: Path | None,
+          seed: int, workers: int, cache_mb: int | None, resume: bool, amp: bool | None, no_progress: bool,
+          detections: Path | None,
           detections_root: Path | None, det_threshold: float, det_categories: str, crop_margin: str,
           crop_shift: float, verbose: bool) -> None:
     """Train Prompt-CAM prompts + head on a frozen backbone (published recipe by default).
@@ -84,7 +88,8 @@ def train(data: Path, out: Path, backbone: str, weights: Path | None, act: str |
             epochs=epochs, warmup_epochs=warmup_epochs, lr=lr, min_lr=min_lr, momentum=momentum,
             weight_decay=weight_decay, batch_size=batch_size, drop_path=drop_path, prompt_dropout=prompt_dropout,
             val_split=val_split, seed=seed, workers=workers, resume=resume, amp=amp, progress=not no_progress,
-            config_overrides={"act": act} if act else {}, detections=crops, crop_jitter=jitter)
+            config_overrides={"act": act} if act else {}, detections=crops, crop_jitter=jitter,
+            **({} if cache_mb is None else {"cache_mb": cache_mb}))
         result = train_promptcam(options, log=click.echo)
         if result.best_epoch > 0:
             click.echo(f"best val accuracy {result.best_accuracy:.2%} at epoch {result.best_epoch}: {result.best_path}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,7 @@ from promptcam.models.preprocess import normalize_pixels
 from promptcam.runtime.images import is_image_path, read_image, resize_for_model
 
 TRAIN_RESIZE_RATIO = 240 / 224  # published recipe: Resize 240 -> RandomCrop 224
+CACHE_MB = 2048  # decoded training images kept in RAM up to this size (``cache_images``)
 
 
 def find_classes(split_dir: Path) -> list[tuple[str, str]]:
@@ -59,19 +62,42 @@ class ImageFolderData(Dataset):
         self.config = config
         self.train = train
         self.resize_to = math.ceil(config.img_size * TRAIN_RESIZE_RATIO)
+        self.cached: np.ndarray | None = None  # [N, S, S, 3] uint8 of ``prepared`` (``preload``)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def pixels(self, index: int) -> np.ndarray:
-        """uint8 RGB at model size (augmented when training)."""
+    @property
+    def prepared_side(self) -> int:
+        """The side of ``prepared`` images: the training resize, or the model's input."""
+        return self.resize_to if self.train else self.config.img_size
+
+    def prepared(self, index: int) -> np.ndarray:
+        """The deterministic part of the pipeline: decoded and resized (from the cache once ``preload`` ran)."""
+        if self.cached is not None:
+            return self.cached[index]
         path, _ = self.samples[index]
         rgb = read_image(path)
         if not self.train:
             return resize_for_model(rgb, self.config)
-        size, big = self.config.img_size, self.resize_to
+        big = self.resize_to
         interpolation = cv2.INTER_AREA if max(rgb.shape[:2]) > big else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (big, big), interpolation=interpolation)
+        return cv2.resize(rgb, (big, big), interpolation=interpolation)
+
+    def preload(self) -> None:
+        """Decode and resize every image once into one array, so epochs only crop, flip and normalise."""
+        side = self.prepared_side
+        cache = np.empty((len(self.samples), side, side, 3), np.uint8)
+        for index in range(len(self.samples)):
+            cache[index] = self.prepared(index)
+        self.cached = cache
+
+    def pixels(self, index: int) -> np.ndarray:
+        """uint8 RGB at model size (augmented when training)."""
+        rgb = self.prepared(index)
+        if not self.train:
+            return rgb
+        size, big = self.config.img_size, self.resize_to
         top, left = (int(v) for v in torch.randint(0, big - size + 1, (2,)))
         rgb = rgb[top:top + size, left:left + size]
         if torch.rand(()) < 0.5:
@@ -80,6 +106,32 @@ class ImageFolderData(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return normalize_pixels(self.pixels(index), self.config)[0], self.samples[index][1]
+
+
+def cache_images(datasets: Sequence[Dataset], budget_mb: int, workers: int, log=print) -> bool:  # noqa: ANN001
+    """Preload the ImageFolder datasets into RAM when they fit in ``budget_mb`` (0: never); returns whether.
+
+    Decoding every image every epoch cost a small dataset's epoch a fifth of its time (the demo world:
+    3 s of 15 s on 2 cores). The cache is made before the loader starts its workers and reaches them by
+    fork, shared copy-on-write; a start method that pickles the dataset into each worker every epoch
+    (spawn, forkserver) would copy it instead, so the cache is then left off. The augmentation draws
+    from the same random stream either way: a cached run trains the same model as an uncached one.
+    """
+    folders = [d for d in datasets if isinstance(d, ImageFolderData)]
+    if budget_mb <= 0 or not folders:
+        return False
+    need = sum(len(d) * d.prepared_side ** 2 * 3 for d in folders)
+    start_method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if need > budget_mb * 2**20:
+        log(f"images not cached in RAM: they need {need / 2**20:.0f} MB, over --cache-mb {budget_mb}")
+        return False
+    if workers > 0 and start_method != "fork":
+        log(f"images not cached in RAM: data workers start by {start_method}, which would copy the cache into each")
+        return False
+    for dataset in folders:
+        dataset.preload()
+    log(f"{sum(len(d) for d in folders)} images cached in RAM ({need / 2**20:.0f} MB)")
+    return True
 
 
 def split_samples(

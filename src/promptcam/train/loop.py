@@ -21,7 +21,7 @@ from promptcam.models.factory import create_model
 from promptcam.models.promptcam import PromptCAM
 
 from .crop_data import CropJitter, DetectionCropData, crop_samples
-from .data import ImageFolderData, find_classes, list_samples, split_samples
+from .data import CACHE_MB, ImageFolderData, cache_images, find_classes, list_samples, split_samples
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from .evaluate import evaluate
 from .schedule import lr_at
@@ -52,6 +52,7 @@ class TrainOptions:
     val_split: float | None = None
     seed: int = 0
     workers: int = 2
+    cache_mb: int = CACHE_MB  # decoded images kept in RAM when they fit (data.cache_images); 0: off
     resume: bool = False
     amp: bool | None = None  # None: on when CUDA is available
     progress: bool = True
@@ -136,6 +137,7 @@ def _train(options: TrainOptions, dist_info: DistInfo, log) -> TrainResult:  # n
         return holder["model"].config
 
     train_set, val_set, names = build_datasets(options, make, log)
+    cache_images((train_set, val_set), options.cache_mb, options.workers, log)
     model = holder["model"]
     model.freeze_backbone()
     model.to(device)

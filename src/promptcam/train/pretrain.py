@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from promptcam.models.registry import make_config
 
-from .data import ImageFolderData, find_classes, list_samples
+from .data import CACHE_MB, ImageFolderData, cache_images, find_classes, list_samples
 from .loop import seed_everything
 
 
@@ -29,6 +29,7 @@ def pretrain_backbone(
     seed: int = 0,
     local_weight: float = 0.0,
     pool: str = "token",
+    cache_mb: int = CACHE_MB,
     log=print,  # noqa: ANN001
 ) -> Path:
     """Train a timm ViT classifier on ``data/train`` and save its backbone state dict (no head).
@@ -58,8 +59,9 @@ def pretrain_backbone(
                               depth=config.depth, num_heads=config.num_heads, num_classes=len(folders),
                               init_values=1e-5 if config.layerscale else None, global_pool=pool, fc_norm=False)
     # no augmentation: the synthetic world already varies position, size and facing
-    loader = DataLoader(ImageFolderData(list_samples(train_dir, folders), config, train=False),
-                        batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True,
+    images = ImageFolderData(list_samples(train_dir, folders), config, train=False)
+    workers = 0 if cache_images([images], cache_mb, 2, log) else 2  # cached: nothing left for workers to do
+    loader = DataLoader(images, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     patch = config.patch_size
     decoder = torch.nn.Linear(config.embed_dim, patch * patch * 3)  # dropped after pretraining

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +18,7 @@ from video_world import FPS, build_video_world, md_video_results, rotate_mp4, wr
 from helpers import run_cli
 from promptcam.batch.options import DetectionOptions
 from promptcam.batch.run import RunOptions, run_files
+from promptcam.core.errors import PromptCamError
 from promptcam.runtime.clips import ClipOptions
 from promptcam.runtime.predictor import Predictor
 from promptcam.runtime.video import MAX_VIDEO_PIXELS, sample_frames
@@ -93,6 +95,29 @@ def test_per_frame_rows_and_sampling_options(tiny_predictor, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert [d["frame_number"] for d in data["images"][0]["detections"]] == [0, 5, 10, 15, 20]
     _validate(out / "results.json")
+
+
+def test_resume_refuses_other_clip_sampling(tiny_predictor, tmp_path):
+    """A run of clips resumed with another --video-fps / --video-max-frames / --per-frame would mix records
+    sampled two ways: refused, as another model or other inputs are. A folder of photos only is not held to
+    the clip options."""
+    write_clip(tmp_path / "in" / "a.mp4", None, 0, frames=20)
+    out = tmp_path / "out"
+
+    def run(clips: ClipOptions, inputs: Path = tmp_path / "in", out_dir: Path = out, resume: bool = True) -> None:
+        run_files(tiny_predictor, RunOptions(inputs=[inputs], out_dir=out_dir, progress=False, clips=clips,
+                                             resume=resume), log=lambda _: None)
+
+    run(ClipOptions(fps=1), resume=False)
+    run(ClipOptions(fps=1))  # the same sampling resumes
+    for other in (ClipOptions(fps=2), ClipOptions(fps=1, max_frames=3), ClipOptions(fps=1, per_frame=True)):
+        with pytest.raises(PromptCamError, match="holds another run .*clips was"):
+            run(other)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "p.jpg"), np.full((64, 64, 3), 120, np.uint8))
+    run(ClipOptions(fps=1), inputs=photos, out_dir=tmp_path / "out_photos", resume=False)
+    run(ClipOptions(fps=3), inputs=photos, out_dir=tmp_path / "out_photos")
 
 
 def _avi_with_declared_frames(data: bytes, count: int) -> bytes:

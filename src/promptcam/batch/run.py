@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         if options.detections is not None:
             plan = build_plan(options.detections, files, log, run_names=len(options.inputs) > 1)
             identity |= plan.identity()
+        if any(is_video_path(f.path) for f in files):  # a clip's records depend on how it was sampled
+            identity |= {"clips": asdict(options.clips)}
         check_identity(options.out_dir, identity, resume=resume)
         summary = RunSummary(total=len(files), skipped_non_images=len(skipped),
                              refused_links=len(collected.refused_links))

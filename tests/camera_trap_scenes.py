@@ -14,6 +14,7 @@ import numpy as np
 
 from promptcam.batch.options import DetectionOptions
 from promptcam.batch.run import RunOptions, RunSummary, run_files
+from promptcam.train.scenes import scene_background
 
 
 def val_tiles(world: Path, per_class: int) -> list[tuple[np.ndarray, int]]:
@@ -24,15 +25,6 @@ def val_tiles(world: Path, per_class: int) -> list[tuple[np.ndarray, int]]:
         for png in sorted(folder.glob("*.png"))[:per_class]:
             tiles.append((cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB), index))
     return tiles
-
-
-def background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A muted, low-frequency textured field with fine noise (like the world's own backgrounds)."""
-    coarse = rng.uniform(80, 150, size=(8, 8, 3)).astype(np.float32)
-    field_ = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    grey = field_.mean(axis=2, keepdims=True)
-    noise = rng.integers(-8, 9, size=(height, width, 1), dtype=np.int16)
-    return np.clip(0.7 * grey + 0.3 * field_ + noise, 0, 255).astype(np.uint8)
 
 
 def with_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -97,7 +89,7 @@ def build_scene(root: Path, tiles: list[tuple[np.ndarray, int]], *, frames: int 
     for k in range(frames + large):
         width, height = (4000, 3000) if k >= frames else (1600, 1200)
         name = f"{'big' if k >= frames else 'cam'}/IMG_{k:04d}.JPG"
-        frame = background(rng, width, height)
+        frame = scene_background(rng, width, height)
         lo, hi = (450, 700) if k >= frames else (180, 300)
         dets: list[dict] = []
         truth: list[int | None] = []
@@ -158,6 +150,6 @@ def with_capture_time(jpeg: bytes, when: datetime) -> bytes:
 
 
 def write_shot(path, when: datetime | None, seed: int) -> None:
-    write_jpeg(path, background(np.random.default_rng(seed), 96, 72))
+    write_jpeg(path, scene_background(np.random.default_rng(seed), 96, 72))
     if when is not None:
         path.write_bytes(with_capture_time(path.read_bytes(), when))

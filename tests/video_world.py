@@ -11,7 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from camera_trap_scenes import background
+
+from promptcam.train.scenes import scene_background
 
 FRAME_W, FRAME_H = 320, 240
 FPS = 10.0
@@ -42,7 +43,7 @@ def write_clip(path: Path, tile: np.ndarray | None, seed: int, *, fourcc: str = 
     """Write one clip; returns the detector's boxes by frame number (the frames where most of the creature shows)."""
     rng = np.random.default_rng(seed)
     width, height = size
-    scene = background(rng, width, height)
+    scene = scene_background(rng, width, height)
     big = cv2.resize(tile, (TILE, TILE), interpolation=cv2.INTER_LINEAR) if tile is not None else None
     y = (height - TILE) // 2
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -108,13 +108,13 @@ def run_files(predictor: Predictor, options: RunOptions, log: Callable[[str], No
         if options.detections is not None:
             plan = build_plan(options.detections, files, log, run_names=len(options.inputs) > 1)
             identity |= plan.identity()
-        if any(is_video_path(f.path) for f in files):  # a clip's records depend on how it was sampled
+        photos = [f for f in files if not is_video_path(f.path)]
+        if len(photos) < len(files):  # a clip's records depend on how it was sampled
             identity |= {"clips": asdict(options.clips)}
         check_identity(options.out_dir, identity, resume=resume)
         summary = RunSummary(total=len(files), skipped_non_images=len(skipped),
                              refused_links=len(collected.refused_links))
         previous = read_previous(journal, log) if resume else {}
-        photos = [f for f in files if not is_video_path(f.path)]
         videos = [f for f in files if is_video_path(f.path) and not is_done(f, previous)]
         todo = list(chunk_files(photos, predictor.batch_size, previous))
         summary.resumed = len(files) - sum(len(c) for c in todo) - len(videos)

@@ -121,10 +121,10 @@ def cache_images(datasets: Sequence[Dataset], budget_mb: int, workers: int, log=
     if budget_mb <= 0 or not folders:
         return False
     need = sum(len(d) * d.prepared_side ** 2 * 3 for d in folders)
-    start_method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
     if need > budget_mb * 2**20:
         log(f"images not cached in RAM: they need {need / 2**20:.0f} MB, over --cache-mb {budget_mb}")
         return False
+    start_method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
     if workers > 0 and start_method != "fork":
         log(f"images not cached in RAM: data workers start by {start_method}, which would copy the cache into each")
         return False

@@ -60,7 +60,8 @@ def pretrain_backbone(
                               init_values=1e-5 if config.layerscale else None, global_pool=pool, fc_norm=False)
     # no augmentation: the synthetic world already varies position, size and facing
     images = ImageFolderData(list_samples(train_dir, folders), config, train=False)
-    workers = 0 if cache_images([images], cache_mb, 2, log) else 2  # cached: nothing left for workers to do
+    # cached: read in this process (nothing left for workers to do, so their start method does not matter)
+    workers = 0 if cache_images([images], cache_mb, 0, log) else 2
     loader = DataLoader(images, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     patch = config.patch_size

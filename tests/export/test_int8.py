@@ -20,15 +20,9 @@ from promptcam.benchmarks.checkpoints import real_scale_model
 from promptcam.core.errors import ExportError, ValidationError
 from promptcam.core.manifest import read_manifest
 from promptcam.export import passes
-from promptcam.export.gates import Int8Gates
+from promptcam.export.gates import FLAT_MAP_SPREAD, FLAT_MAP_TOLERANCE, Int8Gates, map_correlation
 from promptcam.export.passes import ExportOptions, export_model, run_passes, synthetic_pixels
-from promptcam.export.validate import (
-    FLAT_MAP_SPREAD,
-    FLAT_MAP_TOLERANCE,
-    compare,
-    eager_outputs,
-    map_correlation,
-)
+from promptcam.export.validate import compare, eager_outputs
 from promptcam.models.checkpoint import load_model, save_checkpoint
 
 QUIET = dict(log=lambda _: None)

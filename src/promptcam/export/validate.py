@@ -29,7 +29,7 @@ from promptcam.models.preprocess import normalize_pixels
 from promptcam.models.promptcam import PromptCAM
 from promptcam.runtime.backends.base import Backend
 
-from .gates import FLAT_MAP_SPREAD, FLAT_MAP_TOLERANCE, flat_maps, map_correlation  # noqa: F401
+from .gates import flat_maps, map_correlation
 
 AGREEMENT_WARNING = 0.99
 TRAIT_HEAD = "trait_head"  # the trait-head graph's class logits, checked against the main graph's logits
@@ -72,7 +72,7 @@ class OutputCheck:
     passed: bool | None = None
     top1_agreement: float | None = None  # logits only
     min_correlation: float | None = None  # attention only: per (image, class, head) map
-    flat_maps: int | None = None  # attention only: reference maps without spread (see FLAT_MAP_SPREAD)
+    flat_maps: int | None = None  # attention only: reference maps without spread (see gates.FLAT_MAP_SPREAD)
     mean_correlation: float | None = None
 
     def line(self) -> str:
